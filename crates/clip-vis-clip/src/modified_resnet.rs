@@ -1,0 +1,339 @@
+//! OpenAI's ModifiedResNet image tower (the `RN50` backbone of CLIP-VIS).
+//!
+//! Port of `mlfoundations/open_clip:src/open_clip/modified_resnet.py` @v2.24.0: a 3-convolution
+//! stem, bottleneck stages whose strided blocks downsample with an average pool (anti-aliasing)
+//! instead of a strided convolution, and an attention-pooling head. Feature levels follow
+//! CLIP-VIS (`zwq456/CLIP-VIS:clipvis/modeling/backbone/clip.py`, SPEC §1).
+
+use crate::config::ModifiedResNetConfig;
+use crate::error::Result;
+use crate::nn::{load_linear, Conv2d, ConvSpec};
+use crate::weights::TensorStore;
+use crate::FeatureMaps;
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::activation::relu;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::{attention, avg_pool2d, interpolate};
+use burn::tensor::ops::{AttentionModuleOptions, InterpolateMode, InterpolateOptions};
+use burn::tensor::{Bool, Tensor};
+
+/// `nn.AvgPool2d(k)`: kernel = stride = `k`, no padding, floor mode.
+fn avg_pool<B: Backend>(x: Tensor<B, 4>, k: usize) -> Tensor<B, 4> {
+    avg_pool2d(x, [k, k], [k, k], [0, 0], true, false)
+}
+
+/// A bottleneck block: 1x1 → 3x3 → (avg-pool) → 1x1 with a projected shortcut when the shape
+/// changes. BatchNorms are folded into the convolutions.
+#[derive(Module, Debug)]
+pub struct Bottleneck<B: Backend> {
+    conv1: Conv2d<B>,
+    conv2: Conv2d<B>,
+    conv3: Conv2d<B>,
+    /// Average-pool kernel applied after `conv2` and in the shortcut (1 = none).
+    stride: usize,
+    /// 1x1 projection of the shortcut (`downsample.0` + `downsample.1`).
+    downsample: Option<Conv2d<B>>,
+}
+
+impl<B: Backend> Bottleneck<B> {
+    fn load(
+        store: &TensorStore,
+        key: &str,
+        inplanes: usize,
+        planes: usize,
+        stride: usize,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let k = |name: &str| format!("{key}.{name}");
+        let conv_bn = |conv: &str, bn: &str, spec| {
+            Conv2d::load_with_batch_norm(store, &k(conv), &k(bn), spec, device)
+        };
+        let downsample = if stride > 1 || inplanes != planes * 4 {
+            Some(conv_bn(
+                "downsample.0",
+                "downsample.1",
+                ConvSpec::new(inplanes, planes * 4, 1),
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            conv1: conv_bn("conv1", "bn1", ConvSpec::new(inplanes, planes, 1))?,
+            conv2: conv_bn("conv2", "bn2", ConvSpec::new(planes, planes, 3).padding(1))?,
+            conv3: conv_bn("conv3", "bn3", ConvSpec::new(planes, planes * 4, 1))?,
+            stride,
+            downsample,
+        })
+    }
+
+    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let mut out = relu(self.conv1.forward(x.clone()));
+        out = relu(self.conv2.forward(out));
+        if self.stride > 1 {
+            out = avg_pool(out, self.stride);
+        }
+        out = self.conv3.forward(out);
+        let identity = match &self.downsample {
+            Some(projection) => {
+                let pooled = if self.stride > 1 {
+                    avg_pool(x, self.stride)
+                } else {
+                    x
+                };
+                projection.forward(pooled)
+            }
+            None => x,
+        };
+        relu(out + identity)
+    }
+}
+
+/// CLIP's attention pooling: a single query (the spatial mean plus its positional embedding)
+/// attends over all positions; output projected by `c_proj`.
+#[derive(Module, Debug)]
+pub struct AttentionPool2d<B: Backend> {
+    /// `[grid² + 1, embed_dim]`; row 0 belongs to the mean token.
+    positional_embedding: Param<Tensor<B, 2>>,
+    q_proj: Linear<B>,
+    k_proj: Linear<B>,
+    v_proj: Linear<B>,
+    c_proj: Linear<B>,
+    num_heads: usize,
+}
+
+impl<B: Backend> AttentionPool2d<B> {
+    fn load(
+        store: &TensorStore,
+        key: &str,
+        grid: usize,
+        embed_dim: usize,
+        num_heads: usize,
+        output_dim: usize,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let linear = |name: &str, out| {
+            load_linear(store, &format!("{key}.{name}"), embed_dim, out, true, device)
+        };
+        Ok(Self {
+            positional_embedding: Param::from_tensor(store.tensor(
+                &format!("{key}.positional_embedding"),
+                [grid * grid + 1, embed_dim],
+                device,
+            )?),
+            q_proj: linear("q_proj", embed_dim)?,
+            k_proj: linear("k_proj", embed_dim)?,
+            v_proj: linear("v_proj", embed_dim)?,
+            c_proj: linear("c_proj", output_dim)?,
+            num_heads,
+        })
+    }
+
+    /// Multi-head attention of `query` `[batch, queries, C]` over `tokens` `[batch, L, C]`,
+    /// `blocked` `[batch, queries, L]` (true = may not attend), then `c_proj`.
+    fn attend(
+        &self,
+        query: Tensor<B, 3>,
+        tokens: Tensor<B, 3>,
+        blocked: Option<Tensor<B, 3, Bool>>,
+    ) -> Tensor<B, 3> {
+        let [batch, queries, channels] = query.dims();
+        let length = tokens.dims()[1];
+        let heads = self.num_heads;
+        let head_dim = channels / heads;
+        let split = |x: Tensor<B, 3>, n: usize| {
+            x.reshape([batch, n, heads, head_dim]).swap_dims(1, 2)
+        };
+        let q = split(self.q_proj.forward(query), queries);
+        let k = split(self.k_proj.forward(tokens.clone()), length);
+        let v = split(self.v_proj.forward(tokens), length);
+        let mask = blocked.map(|m| m.unsqueeze_dim::<4>(1).expand([batch, heads, queries, length]));
+        let context = attention(q, k, v, mask, None, AttentionModuleOptions::default());
+        let context = context.swap_dims(1, 2).reshape([batch, queries, channels]);
+        self.c_proj.forward(context)
+    }
+
+    /// Global embedding of a `[batch, C, H, W]` map whose grid matches the positional
+    /// embedding (`image_size / 32` square): `[batch, output_dim]`.
+    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        let [batch, channels, height, width] = x.dims();
+        let tokens = x.reshape([batch, channels, height * width]).swap_dims(1, 2);
+        let mean = tokens.clone().mean_dim(1);
+        let tokens = Tensor::cat(vec![mean, tokens], 1)
+            + self.positional_embedding.val().unsqueeze_dim::<3>(0);
+        let query = tokens.clone().slice([0..batch, 0..1, 0..channels]);
+        self.attend(query, tokens, None)
+            .reshape([batch, self.c_proj.weight.dims()[1]])
+    }
+
+    /// Positional embedding of the spatial positions resized bilinearly
+    /// (`align_corners=False`) to `height x width`: `[height * width, C]`.
+    fn spatial_positional_embedding(&self, height: usize, width: usize) -> Tensor<B, 2> {
+        let [rows, channels] = self.positional_embedding.dims();
+        let grid = ((rows - 1) as f64).sqrt().round() as usize;
+        let spatial = self
+            .positional_embedding
+            .val()
+            .slice([1..rows, 0..channels])
+            .reshape([1, grid, grid, channels])
+            .permute([0, 3, 1, 2]);
+        let resized = if (grid, grid) == (height, width) {
+            spatial
+        } else {
+            interpolate(
+                spatial,
+                [height, width],
+                InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(false),
+            )
+        };
+        resized
+            .reshape([channels, height * width])
+            .transpose()
+    }
+
+    /// Mask-restricted attention pooling of CLIP-VIS (SPEC §1): per mask, the query
+    /// `mean_hw(x) + pos[0]` attends only to the positions inside the mask, whose keys and
+    /// values are `x + resize(pos[1:])`. `x`: `[1, C, H, W]`; `masks`: `[num_masks, H * W]`
+    /// (true = inside). Masks without a positive position give a zero vector (the reference
+    /// produces NaN there and zeroes the resulting class logits, which `0` reproduces).
+    fn masked_pool(&self, x: Tensor<B, 4>, masks: Tensor<B, 2, Bool>) -> Tensor<B, 2> {
+        let [_, channels, height, width] = x.dims();
+        let num_masks = masks.dims()[0];
+        let tokens = x.reshape([1, channels, height * width]).swap_dims(1, 2);
+        let query = tokens.clone().mean_dim(1)
+            + self
+                .positional_embedding
+                .val()
+                .slice([0..1, 0..channels])
+                .unsqueeze_dim::<3>(0);
+        let tokens = tokens
+            + self
+                .spatial_positional_embedding(height, width)
+                .unsqueeze_dim::<3>(0);
+        let empty = masks
+            .clone()
+            .int()
+            .sum_dim(1)
+            .equal_elem(0)
+            .reshape([num_masks, 1]);
+        // Empty masks are opened to everything so the softmax stays finite; their rows are
+        // zeroed below.
+        let blocked = masks.bool_not().bool_and(empty.clone().bool_not().expand([num_masks, height * width]));
+        let query = query.reshape([1, 1, channels]).expand([num_masks, 1, channels]);
+        let tokens = tokens.expand([num_masks, height * width, channels]);
+        let pooled = self
+            .attend(query, tokens, Some(blocked.unsqueeze_dim(1)))
+            .reshape([num_masks, self.c_proj.weight.dims()[1]]);
+        pooled.mask_fill(empty.expand([num_masks, self.c_proj.weight.dims()[1]]), 0.0)
+    }
+}
+
+/// The ModifiedResNet trunk plus attention pool.
+#[derive(Module, Debug)]
+pub struct ModifiedResNet<B: Backend> {
+    conv1: Conv2d<B>,
+    conv2: Conv2d<B>,
+    conv3: Conv2d<B>,
+    layers: Vec<Vec<Bottleneck<B>>>,
+    attnpool: AttentionPool2d<B>,
+}
+
+impl<B: Backend> ModifiedResNet<B> {
+    /// Loads `{key}.*` (open_clip: `visual.*`) for `config`, projecting to `output_dim`.
+    pub fn load(
+        store: &TensorStore,
+        key: &str,
+        config: &ModifiedResNetConfig,
+        output_dim: usize,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let k = |name: &str| format!("{key}.{name}");
+        let width = config.width;
+        let conv_bn = |i: usize, spec| {
+            Conv2d::load_with_batch_norm(store, &k(&format!("conv{i}")), &k(&format!("bn{i}")), spec, device)
+        };
+        let conv1 = conv_bn(1, ConvSpec::new(3, width / 2, 3).stride(2).padding(1))?;
+        let conv2 = conv_bn(2, ConvSpec::new(width / 2, width / 2, 3).padding(1))?;
+        let conv3 = conv_bn(3, ConvSpec::new(width / 2, width, 3).padding(1))?;
+        let mut inplanes = width;
+        let mut layers = Vec::new();
+        for (stage, &blocks) in config.layers.iter().enumerate() {
+            let planes = width << stage;
+            let stride = if stage == 0 { 1 } else { 2 };
+            let mut stage_blocks = Vec::with_capacity(blocks);
+            for block in 0..blocks {
+                let block_key = k(&format!("layer{}.{block}", stage + 1));
+                let block_stride = if block == 0 { stride } else { 1 };
+                stage_blocks.push(Bottleneck::load(
+                    store,
+                    &block_key,
+                    inplanes,
+                    planes,
+                    block_stride,
+                    device,
+                )?);
+                inplanes = planes * 4;
+            }
+            layers.push(stage_blocks);
+        }
+        let embed_dim = width * 32;
+        let attnpool = AttentionPool2d::load(
+            store,
+            &k("attnpool"),
+            config.image_size / 32,
+            embed_dim,
+            config.heads,
+            output_dim,
+            device,
+        )?;
+        Ok(Self {
+            conv1,
+            conv2,
+            conv3,
+            layers,
+            attnpool,
+        })
+    }
+
+    /// Stem (stride 2, before the average pool) and `res2..res5` (strides 4..32) of a
+    /// normalised `[batch, 3, H, W]` image.
+    pub fn features(&self, pixels: Tensor<B, 4>) -> FeatureMaps<B> {
+        let mut x = relu(self.conv1.forward(pixels));
+        x = relu(self.conv2.forward(x));
+        let stem = relu(self.conv3.forward(x));
+        let mut x = avg_pool(stem.clone(), 2);
+        let mut levels = Vec::with_capacity(4);
+        for stage in &self.layers {
+            for block in stage {
+                x = block.forward(x);
+            }
+            levels.push(x.clone());
+        }
+        let [res2, res3, res4, res5]: [Tensor<B, 4>; 4] =
+            levels.try_into().expect("four stages");
+        FeatureMaps {
+            stem,
+            res2,
+            res3,
+            res4,
+            res5,
+        }
+    }
+
+    /// Global image embedding from `res5` (must be the training grid, `image_size / 32`).
+    pub fn embed(&self, res5: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.attnpool.forward(res5)
+    }
+
+    /// Grid side of the attention pool's positional embedding.
+    pub fn pool_grid(&self) -> usize {
+        let rows = self.attnpool.positional_embedding.dims()[0];
+        ((rows - 1) as f64).sqrt().round() as usize
+    }
+
+    /// Mask-pooled embeddings of one image's `res5` `[1, C, H, W]` for `masks`
+    /// `[num_masks, H * W]`: `[num_masks, output_dim]`.
+    pub fn embed_masked(&self, res5: Tensor<B, 4>, masks: Tensor<B, 2, Bool>) -> Tensor<B, 2> {
+        self.attnpool.masked_pool(res5, masks)
+    }
+}

@@ -1,0 +1,227 @@
+//! Small building blocks shared by the towers, built straight from checkpoint tensors.
+//!
+//! The CLIP towers are frozen: they are only ever constructed from weights, so every block has
+//! a `load` constructor that takes its tensors from a [`TensorStore`] by checkpoint key, with
+//! the expected shape checked there.
+
+use crate::error::Result;
+use crate::weights::TensorStore;
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Tensor, TensorPrimitive};
+
+/// A PyTorch `nn.Linear` (`{key}.weight` `[out, in]`, optional `{key}.bias`) as a Burn
+/// [`Linear`] (weight `[in, out]`).
+pub(crate) fn load_linear<B: Backend>(
+    store: &TensorStore,
+    key: &str,
+    d_input: usize,
+    d_output: usize,
+    bias: bool,
+    device: &B::Device,
+) -> Result<Linear<B>> {
+    let weight = store.linear_weight::<B>(&format!("{key}.weight"), d_input, d_output, device)?;
+    let bias = if bias {
+        Some(Param::from_tensor(store.tensor::<B, 1>(
+            &format!("{key}.bias"),
+            [d_output],
+            device,
+        )?))
+    } else {
+        None
+    };
+    Ok(Linear {
+        weight: Param::from_tensor(weight),
+        bias,
+    })
+}
+
+/// Layer normalisation over the last dimension (PyTorch `nn.LayerNorm`).
+#[derive(Module, Debug)]
+pub struct LayerNorm<B: Backend> {
+    /// Scale, `[d_model]`.
+    pub gamma: Param<Tensor<B, 1>>,
+    /// Shift, `[d_model]`.
+    pub beta: Param<Tensor<B, 1>>,
+    /// Added to the variance (1e-5 in CLIP's text tower, 1e-6 in timm's ConvNeXt).
+    pub epsilon: f64,
+}
+
+impl<B: Backend> LayerNorm<B> {
+    /// Loads `{key}.weight` and `{key}.bias`.
+    pub(crate) fn load(
+        store: &TensorStore,
+        key: &str,
+        d_model: usize,
+        epsilon: f64,
+        device: &B::Device,
+    ) -> Result<Self> {
+        Ok(Self {
+            gamma: Param::from_tensor(store.tensor(&format!("{key}.weight"), [d_model], device)?),
+            beta: Param::from_tensor(store.tensor(&format!("{key}.bias"), [d_model], device)?),
+            epsilon,
+        })
+    }
+
+    /// Normalises the last dimension.
+    pub fn forward<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
+        Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(
+            input.into_primitive().tensor(),
+            self.gamma.val().into_primitive().tensor(),
+            Some(self.beta.val().into_primitive().tensor()),
+            self.epsilon,
+        )))
+    }
+
+    /// Normalises the channel dimension of a `[batch, channels, height, width]` map
+    /// (timm's `LayerNorm2d`).
+    pub fn forward_channels_first(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.forward(input.permute([0, 2, 3, 1]))
+            .permute([0, 3, 1, 2])
+    }
+}
+
+/// A 2-D convolution with square kernel, symmetric padding and optional bias.
+#[derive(Module, Debug)]
+pub struct Conv2d<B: Backend> {
+    /// Kernel, `[channels_out, channels_in / groups, kernel, kernel]`.
+    pub weight: Param<Tensor<B, 4>>,
+    /// Bias, `[channels_out]`.
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    /// Stride in both directions.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+    /// Channel groups (depthwise: `channels_in`).
+    pub groups: usize,
+}
+
+/// Geometry of a convolution to load.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConvSpec {
+    pub channels_in: usize,
+    pub channels_out: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub groups: usize,
+    pub bias: bool,
+}
+
+impl ConvSpec {
+    /// A plain convolution (`groups = 1`, no bias).
+    pub fn new(channels_in: usize, channels_out: usize, kernel: usize) -> Self {
+        Self {
+            channels_in,
+            channels_out,
+            kernel,
+            stride: 1,
+            padding: 0,
+            groups: 1,
+            bias: false,
+        }
+    }
+    pub fn stride(self, stride: usize) -> Self {
+        Self { stride, ..self }
+    }
+    pub fn padding(self, padding: usize) -> Self {
+        Self { padding, ..self }
+    }
+    pub fn groups(self, groups: usize) -> Self {
+        Self { groups, ..self }
+    }
+    pub fn bias(self) -> Self {
+        Self { bias: true, ..self }
+    }
+    fn weight_shape(&self) -> [usize; 4] {
+        [
+            self.channels_out,
+            self.channels_in / self.groups,
+            self.kernel,
+            self.kernel,
+        ]
+    }
+}
+
+impl<B: Backend> Conv2d<B> {
+    /// Loads `{key}.weight` (and `{key}.bias` when the spec has one).
+    pub(crate) fn load(
+        store: &TensorStore,
+        key: &str,
+        spec: ConvSpec,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let weight = store.tensor(&format!("{key}.weight"), spec.weight_shape(), device)?;
+        let bias = if spec.bias {
+            Some(Param::from_tensor(store.tensor(
+                &format!("{key}.bias"),
+                [spec.channels_out],
+                device,
+            )?))
+        } else {
+            None
+        };
+        Ok(Self {
+            weight: Param::from_tensor(weight),
+            bias,
+            stride: spec.stride,
+            padding: spec.padding,
+            groups: spec.groups,
+        })
+    }
+
+    /// Loads a bias-free convolution followed by an inference-mode `BatchNorm2d` (eps 1e-5),
+    /// folding the normalisation into the kernel and a bias: the backbone is frozen, so
+    /// `bn(conv(x)) = conv(x; W·s) + (β − μ·s)` with `s = γ / sqrt(σ² + eps)`.
+    pub(crate) fn load_with_batch_norm(
+        store: &TensorStore,
+        conv_key: &str,
+        bn_key: &str,
+        spec: ConvSpec,
+        device: &B::Device,
+    ) -> Result<Self> {
+        const BATCH_NORM_EPS: f32 = 1e-5;
+        let channels = spec.channels_out;
+        let shape = spec.weight_shape();
+        let weight = store.values(&format!("{conv_key}.weight"), &shape)?;
+        let gamma = store.values(&format!("{bn_key}.weight"), &[channels])?;
+        let beta = store.values(&format!("{bn_key}.bias"), &[channels])?;
+        let mean = store.values(&format!("{bn_key}.running_mean"), &[channels])?;
+        let var = store.values(&format!("{bn_key}.running_var"), &[channels])?;
+        let per_out = weight.len() / channels;
+        let mut folded = Vec::with_capacity(weight.len());
+        let mut bias = Vec::with_capacity(channels);
+        for c in 0..channels {
+            let scale = gamma[c] / (var[c] + BATCH_NORM_EPS).sqrt();
+            folded.extend(weight[c * per_out..(c + 1) * per_out].iter().map(|w| w * scale));
+            bias.push(beta[c] - mean[c] * scale);
+        }
+        let weight = Tensor::from_data(burn::tensor::TensorData::new(folded, shape), device);
+        let bias = Tensor::from_data(burn::tensor::TensorData::new(bias, [channels]), device);
+        Ok(Self {
+            weight: Param::from_tensor(weight),
+            bias: Some(Param::from_tensor(bias)),
+            stride: spec.stride,
+            padding: spec.padding,
+            groups: spec.groups,
+        })
+    }
+
+    /// `[batch, channels_in, height, width]` → `[batch, channels_out, height', width']`.
+    pub fn forward(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {
+        conv2d(
+            input,
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+            ConvOptions::new(
+                [self.stride; 2],
+                [self.padding; 2],
+                [1, 1],
+                self.groups,
+            ),
+        )
+    }
+}

@@ -1,0 +1,37 @@
+//! The facade's error: every crate's error, plus files and images the user gave.
+
+use std::path::PathBuf;
+
+/// Everything clip-vis can report.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// From the CLIP towers (weights, inputs).
+    #[error(transparent)]
+    Clip(#[from] clip_vis_clip::ClipError),
+    /// An image file that cannot be read or decoded.
+    #[error("{}: cannot decode image: {message}", file.display())]
+    Image {
+        /// The file.
+        file: PathBuf,
+        /// What the decoder said.
+        message: String,
+    },
+    /// A file that cannot be read or written.
+    #[error("{}: {source}", file.display())]
+    Io {
+        /// The file.
+        file: PathBuf,
+        /// The operating-system error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A bad argument or value from the user.
+    #[error("{0}")]
+    Usage(String),
+    /// Downloading weights failed.
+    #[error("{0}")]
+    Fetch(String),
+}
+
+/// Result alias of the facade.
+pub type Result<T> = std::result::Result<T, Error>;

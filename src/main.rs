@@ -1,0 +1,252 @@
+//! The `clip-vis` command line.
+//!
+//! ```text
+//! clip-vis demo
+//! clip-vis zero-shot --clip RN50.safetensors --image cat.jpg --labels "cat,dog,hard drive"
+//! clip-vis weights fetch RN50            (with --features fetch)
+//! ```
+//! Results go to stdout, progress and errors to stderr. Exit status: 0 on success, 2 for a
+//! usage error, 1 for any other failure.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use clip_vis::backend;
+use clip_vis::clip::zero_shot::{TextClassifier, Templates};
+use clip_vis::clip::Clip;
+use clip_vis::{Error, Result};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Open-vocabulary video instance segmentation (CLIP-VIS) in pure Rust.
+#[derive(Debug, Parser)]
+#[command(name = "clip-vis", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole CLIP path on a built-in tiny model with random weights (no files needed).
+    Demo {
+        /// Comma-separated labels to classify the synthetic picture with.
+        #[arg(long, default_value = "red disc,blue square,green grass")]
+        labels: String,
+    },
+    /// Classify an image against labels typed on the command line (CLIP zero-shot).
+    ZeroShot {
+        /// CLIP weights: an open_clip checkpoint as published, or a `weights-convert` output.
+        #[arg(long)]
+        clip: PathBuf,
+        /// The image (PNG, JPEG, BMP, WebP, GIF).
+        #[arg(long)]
+        image: PathBuf,
+        /// Comma-separated labels; `|` joins synonyms of one label (`hard drive|disk`).
+        #[arg(long)]
+        labels: String,
+        /// Confirm the architecture; the weights decide it, a mismatch is an error.
+        #[arg(long, value_enum)]
+        model: Option<ModelName>,
+        /// Prompt templates to ensemble.
+        #[arg(long, value_enum, default_value = "vild")]
+        templates: TemplateSet,
+        /// Print `{"labels": [...], "logits": [...], "probs": [...]}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage CLIP weights.
+    Weights {
+        #[command(subcommand)]
+        command: WeightsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WeightsCommand {
+    /// Download a published open_clip checkpoint into the cache (resumable, checksum-verified).
+    Fetch {
+        /// Which model.
+        #[arg(value_enum)]
+        model: ModelName,
+        /// Cache folder (default: `$CLIP_VIS_CACHE`, else `~/.cache/clip-vis`).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Hub address (default: `$HF_ENDPOINT`, else https://huggingface.co).
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ModelName {
+    #[value(name = "RN50", alias = "rn50")]
+    Rn50,
+    #[value(name = "convnext_base_w_320", alias = "convnext-b")]
+    ConvnextBaseW320,
+}
+
+impl ModelName {
+    fn open_clip_name(self) -> &'static str {
+        match self {
+            ModelName::Rn50 => "RN50",
+            ModelName::ConvnextBaseW320 => "convnext_base_w_320",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TemplateSet {
+    Vild,
+    Single,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("clip-vis: error: {error}");
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::from(if matches!(error, Error::Usage(_)) { 2 } else { 1 })
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Demo { labels } => demo(&labels),
+        Command::ZeroShot {
+            clip,
+            image,
+            labels,
+            model,
+            templates,
+            json,
+        } => zero_shot(clip, image, &labels, model, templates, json),
+        Command::Weights {
+            command:
+                WeightsCommand::Fetch {
+                    model,
+                    cache_dir,
+                    endpoint,
+                },
+        } => fetch(model, cache_dir, endpoint),
+    }
+}
+
+/// Splits `--labels`: commas separate labels, `|` separates synonyms within one.
+fn parse_labels(labels: &str) -> Result<Vec<String>> {
+    let parsed: Vec<String> = labels
+        .split(',')
+        .map(|label| {
+            label
+                .split('|')
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
+    if labels.trim().is_empty() {
+        return Err(Error::Usage("--labels is empty: give at least one label".into()));
+    }
+    if let Some(position) = parsed
+        .iter()
+        .position(|l| l.split(',').any(|s| s.trim().is_empty()))
+    {
+        return Err(Error::Usage(format!(
+            "--labels: label {} is empty (labels: {labels:?})",
+            position + 1
+        )));
+    }
+    Ok(parsed)
+}
+
+fn demo(labels: &str) -> Result<()> {
+    let labels = parse_labels(labels)?;
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    eprintln!(
+        "clip-vis demo: a tiny built-in CLIP with RANDOM weights on the {} backend.\n\
+         It runs the real tokenizer, prompt ensemble, image tower and dense mask pooling,\n\
+         but its probabilities mean nothing. For real results get weights (see README) and run\n\
+         `clip-vis zero-shot --clip <weights> --image <file> --labels ...`.",
+        backend::name()
+    );
+    let device = Default::default();
+    let report = clip_vis::demo::run::<backend::Default>(&labels, &device)?;
+    println!("synthetic picture 200x150 -> padded 224x160");
+    for (level, shape) in report.feature_shapes.iter().enumerate() {
+        println!("  res{}: {:?} (stride {})", level + 2, shape, 4 << level);
+    }
+    println!("  mask-pooled embeddings: {:?}", report.dense_shape);
+    print_table(&labels, &report.zero_shot);
+    Ok(())
+}
+
+fn print_table<S: AsRef<str>>(labels: &[S], result: &clip_vis::ZeroShot) {
+    let mut order: Vec<usize> = (0..labels.len()).collect();
+    order.sort_by(|&a, &b| result.probs[b].total_cmp(&result.probs[a]));
+    println!("{:>8}  {:>8}  label", "prob", "logit");
+    for i in order {
+        println!(
+            "{:>8.4}  {:>8.3}  {}",
+            result.probs[i],
+            result.logits[i],
+            labels[i].as_ref()
+        );
+    }
+}
+
+fn zero_shot(
+    clip_path: PathBuf,
+    image: PathBuf,
+    labels: &str,
+    model: Option<ModelName>,
+    templates: TemplateSet,
+    json: bool,
+) -> Result<()> {
+    let labels = parse_labels(labels)?;
+    let device = Default::default();
+    eprintln!("clip-vis: loading {}", clip_path.display());
+    let clip = Clip::<backend::Default>::from_file(
+        &clip_path,
+        model.map(ModelName::open_clip_name),
+        &device,
+    )?;
+    // Decode the image before the text work so a bad file fails fast.
+    let picture = clip_vis::image_io::read_rgb(&image)?;
+    let templates = match templates {
+        TemplateSet::Vild => Templates::Vild,
+        TemplateSet::Single => Templates::Single,
+    };
+    let classifier = TextClassifier::new(&clip, &labels, templates)?;
+    let result = clip_vis::zero_shot_rgb(&clip, &classifier, &picture)?;
+    if json {
+        let value = serde_json::json!({
+            "labels": labels,
+            "logits": result.logits,
+            "probs": result.probs,
+        });
+        println!("{value}");
+    } else {
+        print_table(&labels, &result);
+    }
+    Ok(())
+}
+
+#[cfg(feature = "fetch")]
+fn fetch(model: ModelName, cache_dir: Option<PathBuf>, endpoint: Option<String>) -> Result<()> {
+    let options = clip_vis::fetch::FetchOptions::from_env(cache_dir, endpoint);
+    let path = clip_vis::fetch::fetch(model.open_clip_name(), &options)?;
+    println!("{}", path.display());
+    Ok(())
+}
+
+#[cfg(not(feature = "fetch"))]
+fn fetch(_: ModelName, _: Option<PathBuf>, _: Option<String>) -> Result<()> {
+    Err(Error::Usage(
+        "this clip-vis was built without downloads; rebuild with `--features fetch`".into(),
+    ))
+}

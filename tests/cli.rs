@@ -1,0 +1,143 @@
+//! The `clip-vis` command line end to end, including the bad inputs a user can give it.
+
+use clip_vis_clip::config::CONFIG_METADATA_KEY;
+use clip_vis_clip::weights::{save_safetensors, SaveDtype, SyntheticFill, TensorStore};
+use clip_vis_clip::Clip;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn clip_vis(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_clip-vis"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("clip-vis-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes the demo's tiny model (seeded random weights) as a converted clip-vis file.
+fn write_tiny_weights(path: &Path) {
+    let config = clip_vis::demo::tiny_config();
+    let store = TensorStore::synthetic(SyntheticFill::Random(clip_vis::demo::DEMO_SEED));
+    Clip::<burn::backend::Flex>::load(&store, &config, &Default::default()).unwrap();
+    let tensors: Vec<_> = store
+        .requested()
+        .into_iter()
+        .map(|(key, shape)| {
+            let values = store.values(&key, &shape).unwrap();
+            (key, shape, values)
+        })
+        .collect();
+    let metadata = HashMap::from([(CONFIG_METADATA_KEY.to_string(), config.to_json())]);
+    save_safetensors(path, &tensors, SaveDtype::F32, metadata).unwrap();
+}
+
+fn write_png(path: &Path) {
+    let picture = clip_vis::demo::synthetic_picture();
+    image::RgbImage::from_raw(picture.width as u32, picture.height as u32, picture.pixels)
+        .unwrap()
+        .save(path)
+        .unwrap();
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn demo_runs_and_says_its_weights_are_random() {
+    let output = clip_vis(&["demo"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stderr(&output).contains("RANDOM weights"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("red disc") && stdout.contains("res5"), "{stdout}");
+}
+
+#[test]
+fn zero_shot_prints_json_probabilities() {
+    let dir = scratch("json");
+    let (weights, picture) = (dir.join("tiny.safetensors"), dir.join("picture.png"));
+    write_tiny_weights(&weights);
+    write_png(&picture);
+    let output = clip_vis(&[
+        "zero-shot", "--clip", weights.to_str().unwrap(), "--image", picture.to_str().unwrap(),
+        "--labels", "cat,dog,hard drive|disk", "--json",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(value["labels"].as_array().unwrap().len(), 3);
+    assert_eq!(value["labels"][2], "hard drive,disk");
+    let probs: Vec<f64> = value["probs"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).collect();
+    assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-4, "{probs:?}");
+    assert_eq!(value["logits"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn truncated_weights_are_a_clear_error() {
+    let dir = scratch("truncated");
+    let (weights, picture) = (dir.join("tiny.safetensors"), dir.join("picture.png"));
+    write_tiny_weights(&weights);
+    write_png(&picture);
+    let bytes = std::fs::read(&weights).unwrap();
+    let truncated = dir.join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let output = clip_vis(&[
+        "zero-shot", "--clip", truncated.to_str().unwrap(), "--image", picture.to_str().unwrap(),
+        "--labels", "cat",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(message.contains("truncated.safetensors") && message.contains("safetensors"), "{message}");
+    assert!(!message.contains("panicked"), "{message}");
+}
+
+#[test]
+fn weights_of_another_model_are_refused() {
+    let dir = scratch("other");
+    let (weights, picture) = (dir.join("tiny.safetensors"), dir.join("picture.png"));
+    write_tiny_weights(&weights);
+    write_png(&picture);
+    let output = clip_vis(&[
+        "zero-shot", "--clip", weights.to_str().unwrap(), "--image", picture.to_str().unwrap(),
+        "--labels", "cat", "--model", "RN50",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(message.contains("holds `tiny-demo` weights, but `RN50` was requested"), "{message}");
+}
+
+#[test]
+fn undecodable_image_and_empty_labels_are_clear_errors() {
+    let dir = scratch("image");
+    let weights = dir.join("tiny.safetensors");
+    write_tiny_weights(&weights);
+    let not_an_image = dir.join("notes.png");
+    std::fs::write(&not_an_image, b"this is not a PNG").unwrap();
+    let output = clip_vis(&[
+        "zero-shot", "--clip", weights.to_str().unwrap(), "--image", not_an_image.to_str().unwrap(),
+        "--labels", "cat",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("notes.png: cannot decode image"), "{}", stderr(&output));
+
+    for labels in ["", " , dog", "cat,"] {
+        let output = clip_vis(&[
+            "zero-shot", "--clip", weights.to_str().unwrap(), "--image", not_an_image.to_str().unwrap(),
+            "--labels", labels,
+        ]);
+        assert_eq!(output.status.code(), Some(2), "labels {labels:?}: {}", stderr(&output));
+        assert!(stderr(&output).contains("--labels"), "{}", stderr(&output));
+    }
+}
+
+#[test]
+fn missing_weights_file_names_the_file() {
+    let output = clip_vis(&["zero-shot", "--clip", "/nonexistent/w.safetensors", "--image", "x.png", "--labels", "cat"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("/nonexistent/w.safetensors"), "{}", stderr(&output));
+}
