@@ -18,20 +18,93 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 const COCO: [&str; 80] = [
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
-    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
-    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
-    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
-    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
-    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
-    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
-    "teddy bear", "hair drier", "toothbrush",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
 ];
 
 fn repeats() -> usize {
-    std::env::var("CLIP_VIS_BENCH_REPEATS").ok().and_then(|v| v.parse().ok()).unwrap_or(5)
+    std::env::var("CLIP_VIS_BENCH_REPEATS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
 }
 
 /// Median wall time in milliseconds of `repeats` runs after one warm-up.
@@ -48,11 +121,20 @@ fn time_ms(mut run: impl FnMut()) -> f64 {
     runs[runs.len() / 2]
 }
 
-fn bench_model<B: Backend>(backend: &str, config: ClipConfig, short: &str, results: &mut BTreeMap<String, f64>) {
+fn bench_model<B: Backend>(
+    backend: &str,
+    config: ClipConfig,
+    short: &str,
+    results: &mut BTreeMap<String, f64>,
+) {
     let device = B::Device::default();
     let store = TensorStore::synthetic(SyntheticFill::Random(7));
     let clip = Clip::<B>::load(&store, &config, &device).expect("preset builds");
-    let pixels = Tensor::<B, 4>::random([1, 3, 640, 640], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let pixels = Tensor::<B, 4>::random(
+        [1, 3, 640, 640],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
     let trunk = time_ms(|| {
         let features = clip.features(pixels.clone());
         let _ = features.res5.into_data();
@@ -71,17 +153,29 @@ fn torch_results(threads: usize) -> Option<BTreeMap<String, f64>> {
     let python = std::env::var("CLIP_VIS_TORCH_PYTHON").ok()?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/clip_towers_torch.py");
     let output = std::process::Command::new(python)
-        .args([script, "--threads", &threads.to_string(), "--repeats", &repeats().to_string()])
+        .args([
+            script,
+            "--threads",
+            &threads.to_string(),
+            "--repeats",
+            &repeats().to_string(),
+        ])
         .output()
         .ok()?;
     if !output.status.success() {
-        eprintln!("torch side failed: {}", String::from_utf8_lossy(&output.stderr));
+        eprintln!(
+            "torch side failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         return None;
     }
     let mut results = BTreeMap::new();
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         let value: serde_json::Value = serde_json::from_str(line).ok()?;
-        results.insert(value["block"].as_str()?.to_string(), value["median_ms"].as_f64()?);
+        results.insert(
+            value["block"].as_str()?.to_string(),
+            value["median_ms"].as_f64()?,
+        );
     }
     Some(results)
 }
@@ -90,10 +184,19 @@ fn main() {
     let threads: usize = std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
     let mut rust = BTreeMap::new();
     bench_model::<burn::backend::Flex>("flex", ClipConfig::rn50(), "rn50", &mut rust);
-    bench_model::<burn::backend::Flex>("flex", ClipConfig::convnext_base_w_320(), "convnext", &mut rust);
+    bench_model::<burn::backend::Flex>(
+        "flex",
+        ClipConfig::convnext_base_w_320(),
+        "convnext",
+        &mut rust,
+    );
     match torch_results(threads) {
         Some(torch) => {
             println!("\n{:<16} {:>10} {:>10} {:>8}   ({threads} threads)", "block", "flex ms", "torch ms", "ratio");

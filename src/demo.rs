@@ -13,7 +13,7 @@ use burn::tensor::{Bool, Tensor, TensorData};
 use clip_vis_clip::config::{ClipConfig, ConvNextConfig, TextActivation, TextConfig, VisionConfig};
 use clip_vis_clip::preprocess::{normalize_and_pad, RgbImage};
 use clip_vis_clip::weights::{SyntheticFill, TensorStore};
-use clip_vis_clip::zero_shot::{TextClassifier, Templates};
+use clip_vis_clip::zero_shot::{Templates, TextClassifier};
 use clip_vis_clip::Clip;
 
 /// Seed of the demo model's weights.
@@ -88,12 +88,17 @@ pub fn run<B: Backend>(labels: &[&str], device: &B::Device) -> Result<DemoReport
 
     // The dense path on the full picture: one mask per quadrant of the stride-32 grid.
     let features = clip.features(normalize_and_pad::<B>(&picture, device));
-    let feature_shapes = [&features.res2, &features.res3, &features.res4, &features.res5]
-        .map(|t| {
-            let [_, c, h, w] = t.dims();
-            [c, h, w]
-        })
-        .to_vec();
+    let feature_shapes = [
+        &features.res2,
+        &features.res3,
+        &features.res4,
+        &features.res5,
+    ]
+    .map(|t| {
+        let [_, c, h, w] = t.dims();
+        [c, h, w]
+    })
+    .to_vec();
     let [_, _, h, w] = features.res5.dims();
     let mut masks = Vec::with_capacity(4 * h * w);
     for quadrant in 0..4 {

@@ -10,7 +10,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use clip_vis::backend;
-use clip_vis::clip::zero_shot::{TextClassifier, Templates};
+use clip_vis::clip::zero_shot::{Templates, TextClassifier};
 use clip_vis::clip::Clip;
 use clip_vis::{Error, Result};
 use std::path::PathBuf;
@@ -110,7 +110,11 @@ fn main() -> ExitCode {
                 eprintln!("  caused by: {cause}");
                 source = cause.source();
             }
-            ExitCode::from(if matches!(error, Error::Usage(_)) { 2 } else { 1 })
+            ExitCode::from(if matches!(error, Error::Usage(_)) {
+                2
+            } else {
+                1
+            })
         }
     }
 }
@@ -150,7 +154,9 @@ fn parse_labels(labels: &str) -> Result<Vec<String>> {
         })
         .collect();
     if labels.trim().is_empty() {
-        return Err(Error::Usage("--labels is empty: give at least one label".into()));
+        return Err(Error::Usage(
+            "--labels is empty: give at least one label".into(),
+        ));
     }
     if let Some(position) = parsed
         .iter()
@@ -176,7 +182,15 @@ fn demo(labels: &str) -> Result<()> {
     );
     let device = Default::default();
     let report = clip_vis::demo::run::<backend::Default>(&labels, &device)?;
-    println!("synthetic picture 200x150 -> padded 224x160");
+    let picture = clip_vis::demo::synthetic_picture();
+    let padded = |side: usize| side.div_ceil(32) * 32;
+    println!(
+        "synthetic picture {}x{} -> padded {}x{}",
+        picture.width,
+        picture.height,
+        padded(picture.width),
+        padded(picture.height)
+    );
     for (level, shape) in report.feature_shapes.iter().enumerate() {
         println!("  res{}: {:?} (stride {})", level + 2, shape, 4 << level);
     }

@@ -55,7 +55,10 @@ fn demo_runs_and_says_its_weights_are_random() {
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(stderr(&output).contains("RANDOM weights"));
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("red disc") && stdout.contains("res5"), "{stdout}");
+    assert!(
+        stdout.contains("red disc") && stdout.contains("res5"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -65,14 +68,25 @@ fn zero_shot_prints_json_probabilities() {
     write_tiny_weights(&weights);
     write_png(&picture);
     let output = clip_vis(&[
-        "zero-shot", "--clip", weights.to_str().unwrap(), "--image", picture.to_str().unwrap(),
-        "--labels", "cat,dog,hard drive|disk", "--json",
+        "zero-shot",
+        "--clip",
+        weights.to_str().unwrap(),
+        "--image",
+        picture.to_str().unwrap(),
+        "--labels",
+        "cat,dog,hard drive|disk",
+        "--json",
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
     let value: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
     assert_eq!(value["labels"].as_array().unwrap().len(), 3);
     assert_eq!(value["labels"][2], "hard drive,disk");
-    let probs: Vec<f64> = value["probs"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).collect();
+    let probs: Vec<f64> = value["probs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().unwrap())
+        .collect();
     assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-4, "{probs:?}");
     assert_eq!(value["logits"].as_array().unwrap().len(), 3);
 }
@@ -87,12 +101,20 @@ fn truncated_weights_are_a_clear_error() {
     let truncated = dir.join("truncated.safetensors");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let output = clip_vis(&[
-        "zero-shot", "--clip", truncated.to_str().unwrap(), "--image", picture.to_str().unwrap(),
-        "--labels", "cat",
+        "zero-shot",
+        "--clip",
+        truncated.to_str().unwrap(),
+        "--image",
+        picture.to_str().unwrap(),
+        "--labels",
+        "cat",
     ]);
     assert_eq!(output.status.code(), Some(1));
     let message = stderr(&output);
-    assert!(message.contains("truncated.safetensors") && message.contains("safetensors"), "{message}");
+    assert!(
+        message.contains("truncated.safetensors") && message.contains("safetensors"),
+        "{message}"
+    );
     assert!(!message.contains("panicked"), "{message}");
 }
 
@@ -103,12 +125,22 @@ fn weights_of_another_model_are_refused() {
     write_tiny_weights(&weights);
     write_png(&picture);
     let output = clip_vis(&[
-        "zero-shot", "--clip", weights.to_str().unwrap(), "--image", picture.to_str().unwrap(),
-        "--labels", "cat", "--model", "RN50",
+        "zero-shot",
+        "--clip",
+        weights.to_str().unwrap(),
+        "--image",
+        picture.to_str().unwrap(),
+        "--labels",
+        "cat",
+        "--model",
+        "RN50",
     ]);
     assert_eq!(output.status.code(), Some(1));
     let message = stderr(&output);
-    assert!(message.contains("holds `tiny-demo` weights, but `RN50` was requested"), "{message}");
+    assert!(
+        message.contains("holds `tiny-demo` weights, but `RN50` was requested"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -119,25 +151,56 @@ fn undecodable_image_and_empty_labels_are_clear_errors() {
     let not_an_image = dir.join("notes.png");
     std::fs::write(&not_an_image, b"this is not a PNG").unwrap();
     let output = clip_vis(&[
-        "zero-shot", "--clip", weights.to_str().unwrap(), "--image", not_an_image.to_str().unwrap(),
-        "--labels", "cat",
+        "zero-shot",
+        "--clip",
+        weights.to_str().unwrap(),
+        "--image",
+        not_an_image.to_str().unwrap(),
+        "--labels",
+        "cat",
     ]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("notes.png: cannot decode image"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("notes.png: cannot decode image"),
+        "{}",
+        stderr(&output)
+    );
 
     for labels in ["", " , dog", "cat,"] {
         let output = clip_vis(&[
-            "zero-shot", "--clip", weights.to_str().unwrap(), "--image", not_an_image.to_str().unwrap(),
-            "--labels", labels,
+            "zero-shot",
+            "--clip",
+            weights.to_str().unwrap(),
+            "--image",
+            not_an_image.to_str().unwrap(),
+            "--labels",
+            labels,
         ]);
-        assert_eq!(output.status.code(), Some(2), "labels {labels:?}: {}", stderr(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "labels {labels:?}: {}",
+            stderr(&output)
+        );
         assert!(stderr(&output).contains("--labels"), "{}", stderr(&output));
     }
 }
 
 #[test]
 fn missing_weights_file_names_the_file() {
-    let output = clip_vis(&["zero-shot", "--clip", "/nonexistent/w.safetensors", "--image", "x.png", "--labels", "cat"]);
+    let output = clip_vis(&[
+        "zero-shot",
+        "--clip",
+        "/nonexistent/w.safetensors",
+        "--image",
+        "x.png",
+        "--labels",
+        "cat",
+    ]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("/nonexistent/w.safetensors"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("/nonexistent/w.safetensors"),
+        "{}",
+        stderr(&output)
+    );
 }

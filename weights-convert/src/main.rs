@@ -136,7 +136,11 @@ fn run(args: &Args) -> Result<(), ConvertError> {
         SOURCE_KEY.to_string(),
         format!(
             "{source_name} ({})",
-            if is_clip_vis { "CLIP-VIS, CLIP towers" } else { "open_clip" }
+            if is_clip_vis {
+                "CLIP-VIS, CLIP towers"
+            } else {
+                "open_clip"
+            }
         ),
     );
     let dtype = match args.dtype {

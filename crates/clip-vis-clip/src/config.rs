@@ -149,7 +149,7 @@ impl ClipConfig {
     /// Channels of `[res2, res3, res4, res5]` (SPEC §1).
     pub fn feature_channels(&self) -> [usize; 4] {
         match &self.vision {
-            VisionConfig::ModifiedResnet(c) => [0, 1, 2, 3].map(|i| c.width * 4 << i),
+            VisionConfig::ModifiedResnet(c) => [0, 1, 2, 3].map(|i| (c.width * 4) << i),
             VisionConfig::Convnext(c) => c.dims,
         }
     }
@@ -174,7 +174,10 @@ mod tests {
         for config in [ClipConfig::rn50(), ClipConfig::convnext_base_w_320()] {
             assert_eq!(ClipConfig::from_json(&config.to_json()).unwrap(), config);
         }
-        assert_eq!(ClipConfig::rn50().feature_channels(), [256, 512, 1024, 2048]);
+        assert_eq!(
+            ClipConfig::rn50().feature_channels(),
+            [256, 512, 1024, 2048]
+        );
         assert_eq!(
             ClipConfig::convnext_base_w_320().feature_channels(),
             [128, 256, 512, 1024]

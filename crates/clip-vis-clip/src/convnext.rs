@@ -149,7 +149,14 @@ impl<B: Backend> ConvNext<B> {
             stem_norm: LayerNorm::load(store, &k("stem.1"), dims[0], LAYER_NORM_EPS, device)?,
             stages,
             head_norm: LayerNorm::load(store, &k("head.norm"), dims[3], LAYER_NORM_EPS, device)?,
-            proj: load_linear(store, &format!("{key}.head.proj"), dims[3], embed_dim, false, device)?,
+            proj: load_linear(
+                store,
+                &format!("{key}.head.proj"),
+                dims[3],
+                embed_dim,
+                false,
+                device,
+            )?,
         })
     }
 
@@ -165,8 +172,7 @@ impl<B: Backend> ConvNext<B> {
             x = stage.forward(x);
             levels.push(x.clone());
         }
-        let [res2, res3, res4, res5]: [Tensor<B, 4>; 4] =
-            levels.try_into().expect("four stages");
+        let [res2, res3, res4, res5]: [Tensor<B, 4>; 4] = levels.try_into().expect("four stages");
         FeatureMaps {
             stem,
             res2,

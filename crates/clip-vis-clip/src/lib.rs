@@ -28,7 +28,9 @@ pub mod tokenizer;
 pub mod weights;
 pub mod zero_shot;
 
-pub use config::{ClipConfig, ConvNextConfig, ModifiedResNetConfig, TextActivation, TextConfig, VisionConfig};
+pub use config::{
+    ClipConfig, ConvNextConfig, ModifiedResNetConfig, TextActivation, TextConfig, VisionConfig,
+};
 pub use error::{ClipError, Result};
 pub use model::{Clip, VisionTower};
 pub use weights::TensorStore;

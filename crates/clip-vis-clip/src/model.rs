@@ -13,6 +13,9 @@ use burn::tensor::{Bool, Tensor};
 use std::path::Path;
 
 /// The image tower of either architecture.
+// Built once per model; Burn's `Module` derive does not see through a `Box`, so the size
+// difference between the variants is accepted.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum VisionTower<B: Backend> {
     /// OpenAI ModifiedResNet (RN50).
@@ -62,10 +65,16 @@ impl<B: Backend> Clip<B> {
 
     /// Like [`Clip::from_file`] on an already-read store: detects the architecture, checks it
     /// against `expected`, loads every tensor strictly (none missing, none left over).
-    pub fn from_store(store: &TensorStore, expected: Option<&str>, device: &B::Device) -> Result<Self> {
+    pub fn from_store(
+        store: &TensorStore,
+        expected: Option<&str>,
+        device: &B::Device,
+    ) -> Result<Self> {
         let config = detect_config(store)?;
         if let Some(expected) = expected {
-            let wanted = ClipConfig::preset(expected).map(|c| c.name).unwrap_or_else(|| expected.to_string());
+            let wanted = ClipConfig::preset(expected)
+                .map(|c| c.name)
+                .unwrap_or_else(|| expected.to_string());
             if wanted != config.name {
                 return Err(ClipError::ArchitectureMismatch {
                     file: store.file().to_path_buf(),
@@ -81,20 +90,23 @@ impl<B: Backend> Clip<B> {
 
     /// Builds `config`'s modules from `store` (no check for left-over tensors).
     pub fn load(store: &TensorStore, config: &ClipConfig, device: &B::Device) -> Result<Self> {
-        let visual = match &config.vision {
-            VisionConfig::ModifiedResnet(c) => VisionTower::ModifiedResNet(ModifiedResNet::load(
-                store,
-                "visual",
-                c,
-                config.embed_dim,
-                device,
-            )?),
-            VisionConfig::Convnext(c) => {
-                VisionTower::ConvNext(ConvNext::load(store, "visual", c, config.embed_dim, device)?)
-            }
-        };
+        let visual =
+            match &config.vision {
+                VisionConfig::ModifiedResnet(c) => VisionTower::ModifiedResNet(
+                    ModifiedResNet::load(store, "visual", c, config.embed_dim, device)?,
+                ),
+                VisionConfig::Convnext(c) => VisionTower::ConvNext(ConvNext::load(
+                    store,
+                    "visual",
+                    c,
+                    config.embed_dim,
+                    device,
+                )?),
+            };
         let text = TextTransformer::load(store, &config.text, config.embed_dim, device)?;
-        let logit_scale = f64::from(store.values("logit_scale", &[])?[0]).exp().min(100.0);
+        let logit_scale = f64::from(store.values("logit_scale", &[])?[0])
+            .exp()
+            .min(100.0);
         Ok(Self {
             visual,
             text,
@@ -140,7 +152,11 @@ impl<B: Backend> Clip<B> {
     /// empty mask pools to zero and yields the projected norm bias). RN50 runs CLIP's attention
     /// pool restricted to the mask, with the positional embedding resized bilinearly; an empty
     /// mask yields the zero vector, whose class logits are then 0, as the reference sets them.
-    pub fn embed_masks(&self, res5: Tensor<B, 4>, masks: Tensor<B, 3, Bool>) -> Result<Tensor<B, 2>> {
+    pub fn embed_masks(
+        &self,
+        res5: Tensor<B, 4>,
+        masks: Tensor<B, 3, Bool>,
+    ) -> Result<Tensor<B, 2>> {
         let [batch, channels, height, width] = res5.dims();
         let [num_masks, mask_h, mask_w] = masks.dims();
         if batch != 1 || (mask_h, mask_w) != (height, width) {
@@ -182,11 +198,13 @@ impl<B: Backend> Clip<B> {
 /// [`CLIP_VIS_PREFIX`], which is then stripped from every key.
 pub fn open_clip_store(path: impl AsRef<Path>) -> Result<TensorStore> {
     let store = TensorStore::open(path)?;
-    Ok(if store.keys().iter().any(|k| k.starts_with(CLIP_VIS_PREFIX)) {
-        store.with_prefix(CLIP_VIS_PREFIX)
-    } else {
-        store
-    })
+    Ok(
+        if store.keys().iter().any(|k| k.starts_with(CLIP_VIS_PREFIX)) {
+            store.with_prefix(CLIP_VIS_PREFIX)
+        } else {
+            store
+        },
+    )
 }
 
 /// The architecture of a checkpoint: from clip-vis metadata when present, else by matching

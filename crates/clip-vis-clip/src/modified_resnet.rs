@@ -113,7 +113,14 @@ impl<B: Backend> AttentionPool2d<B> {
         device: &B::Device,
     ) -> Result<Self> {
         let linear = |name: &str, out| {
-            load_linear(store, &format!("{key}.{name}"), embed_dim, out, true, device)
+            load_linear(
+                store,
+                &format!("{key}.{name}"),
+                embed_dim,
+                out,
+                true,
+                device,
+            )
         };
         Ok(Self {
             positional_embedding: Param::from_tensor(store.tensor(
@@ -141,13 +148,15 @@ impl<B: Backend> AttentionPool2d<B> {
         let length = tokens.dims()[1];
         let heads = self.num_heads;
         let head_dim = channels / heads;
-        let split = |x: Tensor<B, 3>, n: usize| {
-            x.reshape([batch, n, heads, head_dim]).swap_dims(1, 2)
-        };
+        let split =
+            |x: Tensor<B, 3>, n: usize| x.reshape([batch, n, heads, head_dim]).swap_dims(1, 2);
         let q = split(self.q_proj.forward(query), queries);
         let k = split(self.k_proj.forward(tokens.clone()), length);
         let v = split(self.v_proj.forward(tokens), length);
-        let mask = blocked.map(|m| m.unsqueeze_dim::<4>(1).expand([batch, heads, queries, length]));
+        let mask = blocked.map(|m| {
+            m.unsqueeze_dim::<4>(1)
+                .expand([batch, heads, queries, length])
+        });
         let context = attention(q, k, v, mask, None, AttentionModuleOptions::default());
         let context = context.swap_dims(1, 2).reshape([batch, queries, channels]);
         self.c_proj.forward(context)
@@ -186,9 +195,7 @@ impl<B: Backend> AttentionPool2d<B> {
                 InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(false),
             )
         };
-        resized
-            .reshape([channels, height * width])
-            .transpose()
+        resized.reshape([channels, height * width]).transpose()
     }
 
     /// Mask-restricted attention pooling of CLIP-VIS (SPEC §1): per mask, the query
@@ -218,8 +225,12 @@ impl<B: Backend> AttentionPool2d<B> {
             .reshape([num_masks, 1]);
         // Empty masks are opened to everything so the softmax stays finite; their rows are
         // zeroed below.
-        let blocked = masks.bool_not().bool_and(empty.clone().bool_not().expand([num_masks, height * width]));
-        let query = query.reshape([1, 1, channels]).expand([num_masks, 1, channels]);
+        let blocked = masks
+            .bool_not()
+            .bool_and(empty.clone().bool_not().expand([num_masks, height * width]));
+        let query = query
+            .reshape([1, 1, channels])
+            .expand([num_masks, 1, channels]);
         let tokens = tokens.expand([num_masks, height * width, channels]);
         let pooled = self
             .attend(query, tokens, Some(blocked.unsqueeze_dim(1)))
@@ -250,7 +261,13 @@ impl<B: Backend> ModifiedResNet<B> {
         let k = |name: &str| format!("{key}.{name}");
         let width = config.width;
         let conv_bn = |i: usize, spec| {
-            Conv2d::load_with_batch_norm(store, &k(&format!("conv{i}")), &k(&format!("bn{i}")), spec, device)
+            Conv2d::load_with_batch_norm(
+                store,
+                &k(&format!("conv{i}")),
+                &k(&format!("bn{i}")),
+                spec,
+                device,
+            )
         };
         let conv1 = conv_bn(1, ConvSpec::new(3, width / 2, 3).stride(2).padding(1))?;
         let conv2 = conv_bn(2, ConvSpec::new(width / 2, width / 2, 3).padding(1))?;
@@ -309,8 +326,7 @@ impl<B: Backend> ModifiedResNet<B> {
             }
             levels.push(x.clone());
         }
-        let [res2, res3, res4, res5]: [Tensor<B, 4>; 4] =
-            levels.try_into().expect("four stages");
+        let [res2, res3, res4, res5]: [Tensor<B, 4>; 4] = levels.try_into().expect("four stages");
         FeatureMaps {
             stem,
             res2,

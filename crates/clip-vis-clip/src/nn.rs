@@ -196,7 +196,11 @@ impl<B: Backend> Conv2d<B> {
         let mut bias = Vec::with_capacity(channels);
         for c in 0..channels {
             let scale = gamma[c] / (var[c] + BATCH_NORM_EPS).sqrt();
-            folded.extend(weight[c * per_out..(c + 1) * per_out].iter().map(|w| w * scale));
+            folded.extend(
+                weight[c * per_out..(c + 1) * per_out]
+                    .iter()
+                    .map(|w| w * scale),
+            );
             bias.push(beta[c] - mean[c] * scale);
         }
         let weight = Tensor::from_data(burn::tensor::TensorData::new(folded, shape), device);
@@ -216,12 +220,7 @@ impl<B: Backend> Conv2d<B> {
             input,
             self.weight.val(),
             self.bias.as_ref().map(|b| b.val()),
-            ConvOptions::new(
-                [self.stride; 2],
-                [self.padding; 2],
-                [1, 1],
-                self.groups,
-            ),
+            ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], self.groups),
         )
     }
 }

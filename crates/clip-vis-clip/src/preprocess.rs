@@ -57,7 +57,8 @@ pub fn normalize_and_pad<B: Backend>(image: &RgbImage, device: &B::Device) -> Te
         for x in 0..image.width {
             for c in 0..3 {
                 let byte = image.pixels[(y * image.width + x) * 3 + c];
-                values[(c * height + y) * width + x] = (f32::from(byte) - PIXEL_MEAN[c]) / PIXEL_STD[c];
+                values[(c * height + y) * width + x] =
+                    (f32::from(byte) - PIXEL_MEAN[c]) / PIXEL_STD[c];
             }
         }
     }
@@ -71,9 +72,15 @@ pub fn resize_and_center_crop(image: &RgbImage, image_size: usize) -> RgbImage {
     let (width, height) = (image.width, image.height);
     // torchvision `Resize(int)`: the long side is `int(size * long / short)`.
     let (new_width, new_height) = if width <= height {
-        (image_size, (image_size as f64 * height as f64 / width as f64) as usize)
+        (
+            image_size,
+            (image_size as f64 * height as f64 / width as f64) as usize,
+        )
     } else {
-        ((image_size as f64 * width as f64 / height as f64) as usize, image_size)
+        (
+            (image_size as f64 * width as f64 / height as f64) as usize,
+            image_size,
+        )
     };
     let resized = resize_bicubic(image, new_width, new_height);
     // torchvision `CenterCrop`: offsets `int(round((size - crop) / 2))`.
@@ -175,7 +182,11 @@ fn resample_axis(image: &RgbImage, new_size: usize, horizontal: bool) -> RgbImag
             for c in 0..3 {
                 let mut sum: i64 = 1 << (PRECISION_BITS - 1);
                 for (k, w) in weights.iter().enumerate() {
-                    let (sx, sy) = if horizontal { (start + k, y) } else { (x, start + k) };
+                    let (sx, sy) = if horizontal {
+                        (start + k, y)
+                    } else {
+                        (x, start + k)
+                    };
                     sum += i64::from(image.pixels[(sy * width + sx) * 3 + c]) * w;
                 }
                 pixels[(y * out_width + x) * 3 + c] = (sum >> PRECISION_BITS).clamp(0, 255) as u8;

@@ -126,7 +126,12 @@ impl<B: Backend> TextTransformer<B> {
     ) -> Result<Self> {
         let resblocks = (0..config.layers)
             .map(|i| {
-                ResidualAttentionBlock::load(store, &format!("transformer.resblocks.{i}"), config, device)
+                ResidualAttentionBlock::load(
+                    store,
+                    &format!("transformer.resblocks.{i}"),
+                    config,
+                    device,
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
@@ -155,7 +160,7 @@ impl<B: Backend> TextTransformer<B> {
     /// Encodes row-major token ids `[batch, columns]` (as [`crate::tokenizer`] produces them;
     /// `columns <= context_length`). Returns unnormalised embeddings `[batch, embed_dim]`.
     pub fn encode(&self, ids: &[u32], columns: usize) -> Result<Tensor<B, 2>> {
-        if columns == 0 || ids.is_empty() || ids.len() % columns != 0 {
+        if columns == 0 || ids.is_empty() || !ids.len().is_multiple_of(columns) {
             return Err(ClipError::InvalidInput(format!(
                 "token ids: {} ids do not form rows of {columns}",
                 ids.len()
@@ -188,8 +193,7 @@ impl<B: Backend> TextTransformer<B> {
             .chunks(columns)
             .flat_map(|row| row[..length].iter().map(|&id| i64::from(id)))
             .collect();
-        let tokens =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(cut, [batch, length]), &device);
+        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(cut, [batch, length]), &device);
         let width = self.positional_embedding.dims()[1];
         let mut x = embedding(self.token_embedding.val(), tokens)
             + self

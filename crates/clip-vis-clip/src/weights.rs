@@ -301,8 +301,13 @@ impl TensorStore {
             .iter()
             .filter_map(|(key, tensor)| {
                 let short = key.strip_prefix(&self.prefix)?;
-                (!is_bookkeeping_key(short))
-                    .then(|| (short.to_string(), tensor.shape.clone(), tensor.values.clone()))
+                (!is_bookkeeping_key(short)).then(|| {
+                    (
+                        short.to_string(),
+                        tensor.shape.clone(),
+                        tensor.values.clone(),
+                    )
+                })
             })
             .collect();
         entries.sort_by(|a, b| a.0.cmp(&b.0));
@@ -382,9 +387,9 @@ fn synthesize(key: &str, shape: &[usize], fill: SyntheticFill) -> Vec<f32> {
         return vec![0.0; count];
     };
     // SplitMix64 seeded by the key, so each tensor is independent of request order.
-    let mut state = key
-        .bytes()
-        .fold(seed ^ 0x9E37_79B9_7F4A_7C15, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3));
+    let mut state = key.bytes().fold(seed ^ 0x9E37_79B9_7F4A_7C15, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3)
+    });
     let mut uniform = move || {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = state;

@@ -167,7 +167,12 @@ pub fn classify<B: Backend>(
 ) -> (Vec<f32>, Vec<f32>) {
     let logits = classifier.logits(image_embedding, clip.logit_scale);
     let probs = softmax(logits.clone(), 1);
-    let to_vec = |t: Tensor<B, 2>| t.into_data().convert::<f32>().into_vec::<f32>().unwrap_or_default();
+    let to_vec = |t: Tensor<B, 2>| {
+        t.into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .unwrap_or_default()
+    };
     (to_vec(logits), to_vec(probs))
 }
 

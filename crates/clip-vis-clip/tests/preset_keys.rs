@@ -41,8 +41,16 @@ fn assert_same(config: ClipConfig, file: &str) {
     let got = requested(&config);
     let missing: Vec<_> = expected.keys().filter(|k| !got.contains_key(*k)).collect();
     let extra: Vec<_> = got.keys().filter(|k| !expected.contains_key(*k)).collect();
-    assert!(missing.is_empty(), "{}: open_clip keys never loaded: {missing:?}", config.name);
-    assert!(extra.is_empty(), "{}: keys open_clip does not have: {extra:?}", config.name);
+    assert!(
+        missing.is_empty(),
+        "{}: open_clip keys never loaded: {missing:?}",
+        config.name
+    );
+    assert!(
+        extra.is_empty(),
+        "{}: keys open_clip does not have: {extra:?}",
+        config.name
+    );
     for (key, shape) in &expected {
         assert_eq!(&got[key], shape, "{}: shape of `{key}`", config.name);
     }
@@ -56,5 +64,8 @@ fn rn50_preset_matches_open_clip_state_dict() {
 
 #[test]
 fn convnext_base_w_320_preset_matches_open_clip_state_dict() {
-    assert_same(ClipConfig::convnext_base_w_320(), "convnext_base_w_320_keys.txt");
+    assert_same(
+        ClipConfig::convnext_base_w_320(),
+        "convnext_base_w_320_keys.txt",
+    );
 }

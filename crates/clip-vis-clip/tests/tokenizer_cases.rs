@@ -38,11 +38,18 @@ fn cleaning_matches_open_clip() {
     for case in cases().into_iter().chain(load("tokenizer_fuzz.json")) {
         let got = clean_text(&case.text);
         if KNOWN_DIFFERENCES.contains(&case.text.as_str()) {
-            assert_ne!(got, case.clean, "{:?} now matches: remove it from KNOWN_DIFFERENCES", case.text);
+            assert_ne!(
+                got, case.clean,
+                "{:?} now matches: remove it from KNOWN_DIFFERENCES",
+                case.text
+            );
             continue;
         }
         if got != case.clean {
-            failures.push(format!("{:?}: rust {:?} vs python {:?}", case.text, got, case.clean));
+            failures.push(format!(
+                "{:?}: rust {:?} vs python {:?}",
+                case.text, got, case.clean
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -51,13 +58,22 @@ fn cleaning_matches_open_clip() {
 #[test]
 fn ids_match_open_clip() {
     let tokenizer = ClipTokenizer::new();
-    let all: Vec<Case> = cases().into_iter().chain(load("tokenizer_fuzz.json")).collect();
+    let all: Vec<Case> = cases()
+        .into_iter()
+        .chain(load("tokenizer_fuzz.json"))
+        .collect();
     assert!(all.len() >= 400, "fixtures have {} cases", all.len());
     let mut failures = Vec::new();
-    for case in all.iter().filter(|c| !KNOWN_DIFFERENCES.contains(&c.text.as_str())) {
+    for case in all
+        .iter()
+        .filter(|c| !KNOWN_DIFFERENCES.contains(&c.text.as_str()))
+    {
         let got = tokenizer.tokenize(&case.text, CONTEXT_LENGTH);
         if got != case.ids {
-            failures.push(format!("{:?}:\n  rust   {:?}\n  python {:?}", case.text, got, case.ids));
+            failures.push(format!(
+                "{:?}:\n  rust   {:?}\n  python {:?}",
+                case.text, got, case.ids
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -19,7 +19,7 @@ use unicode_normalization::UnicodeNormalization;
 ///
 /// ```
 /// use clip_vis_clip::tokenizer::clean_text;
-/// assert_eq!(clean_text("  Tom &amp; \u{201c}Jerry\u{201d}\t\uFF21 "), "tom & \"jerry\" a");
+/// assert_eq!(clean_text("  Tom &amp; \u{201c}Jerry\u{201d}\t\u{FF21} "), "tom & \"jerry\" a");
 /// ```
 pub fn clean_text(text: &str) -> String {
     let text = ftfy_fix_text(text);
@@ -240,9 +240,9 @@ fn windows_1252(byte: u8) -> char {
     const TABLE: [char; 32] = [
         '\u{20AC}', '\u{81}', '\u{201A}', '\u{192}', '\u{201E}', '\u{2026}', '\u{2020}',
         '\u{2021}', '\u{2C6}', '\u{2030}', '\u{160}', '\u{2039}', '\u{152}', '\u{8D}', '\u{17D}',
-        '\u{8F}', '\u{90}', '\u{2018}', '\u{2019}', '\u{201C}', '\u{201D}', '\u{2022}',
-        '\u{2013}', '\u{2014}', '\u{2DC}', '\u{2122}', '\u{161}', '\u{203A}', '\u{153}',
-        '\u{9D}', '\u{17E}', '\u{178}',
+        '\u{8F}', '\u{90}', '\u{2018}', '\u{2019}', '\u{201C}', '\u{201D}', '\u{2022}', '\u{2013}',
+        '\u{2014}', '\u{2DC}', '\u{2122}', '\u{161}', '\u{203A}', '\u{153}', '\u{9D}', '\u{17E}',
+        '\u{178}',
     ];
     TABLE[usize::from(byte - 0x80)]
 }
@@ -391,7 +391,10 @@ mod tests {
     fn ftfy_subset() {
         assert_eq!(ftfy_fix_text("\u{FB01}ne"), "fine");
         assert_eq!(ftfy_fix_text("\u{FF21}\u{3000}b"), "A b");
-        assert_eq!(ftfy_fix_text("\u{201C}q\u{201D} \u{2018}s\u{2019}"), "\"q\" 's'");
+        assert_eq!(
+            ftfy_fix_text("\u{201C}q\u{201D} \u{2018}s\u{2019}"),
+            "\"q\" 's'"
+        );
         assert_eq!(ftfy_fix_text("&amp;amp;"), "&");
         assert_eq!(ftfy_fix_text("<b>&amp;amp;"), "<b>&amp;amp;");
         assert_eq!(ftfy_fix_text("\u{1b}[31mred\u{1b}[0m"), "red");
