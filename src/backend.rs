@@ -21,7 +21,7 @@ pub type Cpu = burn::backend::Flex;
 /// The CPU backend used for host-side work (`ndarray`).
 pub type Cpu = burn::backend::NdArray;
 
-/// Human-readable name of [`Default`].
+/// Human-readable name of [`Default`](type@Default).
 pub fn name() -> &'static str {
     if cfg!(feature = "cuda") {
         "cuda"

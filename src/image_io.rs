@@ -1,4 +1,4 @@
-//! Reading images into [`RgbImage`](clip_vis_clip::preprocess::RgbImage).
+//! Reading images into [`RgbImage`].
 
 use crate::error::{Error, Result};
 use clip_vis_clip::preprocess::RgbImage;

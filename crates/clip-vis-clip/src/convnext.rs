@@ -8,12 +8,11 @@
 
 use crate::config::ConvNextConfig;
 use crate::error::Result;
-use crate::nn::{load_linear, Conv2d, ConvSpec, LayerNorm};
+use crate::nn::{gelu, linear_flat, load_linear, Conv2d, ConvSpec, LayerNorm};
 use crate::weights::TensorStore;
 use crate::FeatureMaps;
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
@@ -51,7 +50,8 @@ impl<B: Backend> ConvNextBlock<B> {
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let branch = self.conv_dw.forward(x.clone()).permute([0, 2, 3, 1]);
         let branch = self.norm.forward(branch);
-        let branch = self.fc2.forward(gelu(self.fc1.forward(branch)));
+        let hidden = gelu(linear_flat(&self.fc1, branch));
+        let branch = linear_flat(&self.fc2, hidden);
         let branch = branch * self.gamma.val().unsqueeze::<4>();
         x + branch.permute([0, 3, 1, 2])
     }

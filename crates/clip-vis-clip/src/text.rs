@@ -9,11 +9,11 @@
 
 use crate::config::{TextActivation, TextConfig};
 use crate::error::{ClipError, Result};
-use crate::nn::{load_linear, LayerNorm};
+use crate::nn::{gelu, linear_flat, load_linear, LayerNorm};
 use crate::weights::TensorStore;
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::activation::{gelu, sigmoid};
+use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{attention, embedding};
 use burn::tensor::ops::AttentionModuleOptions;
@@ -73,7 +73,7 @@ impl<B: Backend> ResidualAttentionBlock<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [batch, length, width] = x.dims();
         let head_dim = width / self.heads;
-        let qkv = self.in_proj.forward(self.ln_1.forward(x.clone()));
+        let qkv = linear_flat(&self.in_proj, self.ln_1.forward(x.clone()));
         let qkv = qkv
             .reshape([batch, length, 3, self.heads, head_dim])
             .permute([2, 0, 3, 1, 4]);
@@ -89,14 +89,14 @@ impl<B: Backend> ResidualAttentionBlock<B> {
         let context = attention(part(0), part(1), part(2), None, None, options)
             .swap_dims(1, 2)
             .reshape([batch, length, width]);
-        let x = x + self.out_proj.forward(context);
-        let hidden = self.c_fc.forward(self.ln_2.forward(x.clone()));
+        let x = x + linear_flat(&self.out_proj, context);
+        let hidden = linear_flat(&self.c_fc, self.ln_2.forward(x.clone()));
         let hidden = if self.quick_gelu {
             hidden.clone() * sigmoid(hidden * 1.702)
         } else {
             gelu(hidden)
         };
-        x + self.c_proj.forward(hidden)
+        x + linear_flat(&self.c_proj, hidden)
     }
 }
 
