@@ -45,6 +45,16 @@ fn write_png(path: &Path) {
         .unwrap();
 }
 
+/// A scratch folder holding the tiny model's weights and a PNG picture.
+fn setup(name: &str) -> (PathBuf, String, String) {
+    let dir = scratch(name);
+    let (weights, picture) = (dir.join("tiny.safetensors"), dir.join("picture.png"));
+    write_tiny_weights(&weights);
+    write_png(&picture);
+    let text = |p: PathBuf| p.to_str().unwrap().to_string();
+    (dir, text(weights), text(picture))
+}
+
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -63,16 +73,13 @@ fn demo_runs_and_says_its_weights_are_random() {
 
 #[test]
 fn zero_shot_prints_json_probabilities() {
-    let dir = scratch("json");
-    let (weights, picture) = (dir.join("tiny.safetensors"), dir.join("picture.png"));
-    write_tiny_weights(&weights);
-    write_png(&picture);
+    let (_, weights, picture) = setup("json");
     let output = clip_vis(&[
         "zero-shot",
         "--clip",
-        weights.to_str().unwrap(),
+        &weights,
         "--image",
-        picture.to_str().unwrap(),
+        &picture,
         "--labels",
         "cat,dog,hard drive|disk",
         "--json",
@@ -93,10 +100,7 @@ fn zero_shot_prints_json_probabilities() {
 
 #[test]
 fn truncated_weights_are_a_clear_error() {
-    let dir = scratch("truncated");
-    let (weights, picture) = (dir.join("tiny.safetensors"), dir.join("picture.png"));
-    write_tiny_weights(&weights);
-    write_png(&picture);
+    let (dir, weights, picture) = setup("truncated");
     let bytes = std::fs::read(&weights).unwrap();
     let truncated = dir.join("truncated.safetensors");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
@@ -105,7 +109,7 @@ fn truncated_weights_are_a_clear_error() {
         "--clip",
         truncated.to_str().unwrap(),
         "--image",
-        picture.to_str().unwrap(),
+        &picture,
         "--labels",
         "cat",
     ]);
@@ -120,16 +124,13 @@ fn truncated_weights_are_a_clear_error() {
 
 #[test]
 fn weights_of_another_model_are_refused() {
-    let dir = scratch("other");
-    let (weights, picture) = (dir.join("tiny.safetensors"), dir.join("picture.png"));
-    write_tiny_weights(&weights);
-    write_png(&picture);
+    let (_, weights, picture) = setup("other");
     let output = clip_vis(&[
         "zero-shot",
         "--clip",
-        weights.to_str().unwrap(),
+        &weights,
         "--image",
-        picture.to_str().unwrap(),
+        &picture,
         "--labels",
         "cat",
         "--model",
@@ -145,15 +146,13 @@ fn weights_of_another_model_are_refused() {
 
 #[test]
 fn undecodable_image_and_empty_labels_are_clear_errors() {
-    let dir = scratch("image");
-    let weights = dir.join("tiny.safetensors");
-    write_tiny_weights(&weights);
+    let (dir, weights, _) = setup("image");
     let not_an_image = dir.join("notes.png");
     std::fs::write(&not_an_image, b"this is not a PNG").unwrap();
     let output = clip_vis(&[
         "zero-shot",
         "--clip",
-        weights.to_str().unwrap(),
+        &weights,
         "--image",
         not_an_image.to_str().unwrap(),
         "--labels",
@@ -170,7 +169,7 @@ fn undecodable_image_and_empty_labels_are_clear_errors() {
         let output = clip_vis(&[
             "zero-shot",
             "--clip",
-            weights.to_str().unwrap(),
+            &weights,
             "--image",
             not_an_image.to_str().unwrap(),
             "--labels",

@@ -172,14 +172,7 @@ impl<B: Backend> ConvNext<B> {
             x = stage.forward(x);
             levels.push(x.clone());
         }
-        let [res2, res3, res4, res5]: [Tensor<B, 4>; 4] = levels.try_into().expect("four stages");
-        FeatureMaps {
-            stem,
-            res2,
-            res3,
-            res4,
-            res5,
-        }
+        FeatureMaps::from_stages(stem, levels)
     }
 
     /// Head norm and projection of pooled `[n, dims[3]]` features: `[n, embed_dim]`.

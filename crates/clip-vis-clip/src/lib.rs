@@ -52,3 +52,19 @@ pub struct FeatureMaps<B: Backend> {
     /// Stride 32; also the dense map that mask pooling reads (`clip_vis_dense`).
     pub res5: Tensor<B, 4>,
 }
+
+impl<B: Backend> FeatureMaps<B> {
+    /// Assembles the maps from the stem and the outputs of the four stages, in order.
+    pub(crate) fn from_stages(stem: Tensor<B, 4>, stages: Vec<Tensor<B, 4>>) -> Self {
+        let [res2, res3, res4, res5]: [Tensor<B, 4>; 4] = stages
+            .try_into()
+            .expect("CLIP image towers have four stages");
+        Self {
+            stem,
+            res2,
+            res3,
+            res4,
+            res5,
+        }
+    }
+}

@@ -326,14 +326,7 @@ impl<B: Backend> ModifiedResNet<B> {
             }
             levels.push(x.clone());
         }
-        let [res2, res3, res4, res5]: [Tensor<B, 4>; 4] = levels.try_into().expect("four stages");
-        FeatureMaps {
-            stem,
-            res2,
-            res3,
-            res4,
-            res5,
-        }
+        FeatureMaps::from_stages(stem, levels)
     }
 
     /// Global image embedding from `res5` (must be the training grid, `image_size / 32`).

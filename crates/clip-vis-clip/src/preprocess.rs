@@ -83,9 +83,10 @@ pub fn resize_and_center_crop(image: &RgbImage, image_size: usize) -> RgbImage {
         )
     };
     let resized = resize_bicubic(image, new_width, new_height);
-    // torchvision `CenterCrop`: offsets `int(round((size - crop) / 2))`.
-    let top = ((new_height - image_size) as f64 / 2.0).round() as usize;
-    let left = ((new_width - image_size) as f64 / 2.0).round() as usize;
+    // torchvision `CenterCrop`: offsets `int(round((size - crop) / 2))`, Python's round
+    // (half to even: 10.5 -> 10).
+    let top = ((new_height - image_size) as f64 / 2.0).round_ties_even() as usize;
+    let left = ((new_width - image_size) as f64 / 2.0).round_ties_even() as usize;
     let mut pixels = Vec::with_capacity(image_size * image_size * 3);
     for y in top..top + image_size {
         let row = (y * new_width + left) * 3;
@@ -98,20 +99,30 @@ pub fn resize_and_center_crop(image: &RgbImage, image_size: usize) -> RgbImage {
     }
 }
 
-/// PIL's `Image.resize(..., BICUBIC)` on 8-bit RGB: separable convolution with the cubic
-/// kernel `a = -0.5`, support widened by the scale when shrinking (antialiasing), horizontal
-/// pass first, each pass rounded and clamped to 8 bits with PIL's fixed-point coefficients.
+/// PIL's `Image.resize(..., BICUBIC)` on 8-bit RGB (Pillow 13): separable convolution with
+/// the cubic kernel `a = -0.5`, support widened by the scale when shrinking (antialiasing), each
+/// pass rounded and clamped to 8 bits with PIL's fixed-point coefficients. A pass whose size
+/// does not change is skipped. Pillow 13 runs the vertical pass first when the height shrinks
+/// by more than twice as many pixels as the width (earlier Pillows always start horizontally;
+/// the two orders differ in the last bit of some pixels).
 pub fn resize_bicubic(image: &RgbImage, new_width: usize, new_height: usize) -> RgbImage {
-    let horizontal = if new_width == image.width {
-        image.clone()
-    } else {
-        resample_axis(image, new_width, true)
+    let shrink_height = image.height as i64 - new_height as i64;
+    let shrink_width = image.width as i64 - new_width as i64;
+    let vertical_first = shrink_height > 0 && shrink_height > 2 * shrink_width;
+    let pass = |image: &RgbImage, horizontal: bool| {
+        let (from, to) = if horizontal {
+            (image.width, new_width)
+        } else {
+            (image.height, new_height)
+        };
+        if from == to {
+            image.clone()
+        } else {
+            resample_axis(image, to, horizontal)
+        }
     };
-    if new_height == horizontal.height {
-        horizontal
-    } else {
-        resample_axis(&horizontal, new_height, false)
-    }
+    let first = pass(image, !vertical_first);
+    pass(&first, vertical_first)
 }
 
 /// PIL `ImagingResample` precision for 8-bit images (`PRECISION_BITS = 32 - 8 - 2`).

@@ -361,7 +361,8 @@ fn decode_safetensors(
         Dtype::F64 => chunks(8)
             .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
             .collect(),
-        // Integer buffers (BatchNorm step counters, token ids in fixtures) are kept as f32;
+        // Integer buffers (BatchNorm step counters, token ids and images in fixtures) are kept
+        // as f32;
         // no parameter is an integer, so a model never takes them.
         Dtype::I64 => chunks(8)
             .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
@@ -369,6 +370,7 @@ fn decode_safetensors(
         Dtype::I32 => chunks(4)
             .map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")) as f32)
             .collect(),
+        Dtype::U8 => bytes.iter().map(|&b| f32::from(b)).collect(),
         other => {
             return Err(ClipError::UnsupportedDtype {
                 file: file.to_path_buf(),
