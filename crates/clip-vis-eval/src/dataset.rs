@@ -1,0 +1,344 @@
+//! Ground truth and results in the YouTube-VIS / LV-VIS json layout.
+//!
+//! Ground truth: `{"videos": [{"id", "width", "height", "length"}], "annotations": [{"id",
+//! "video_id", "category_id", "segmentations": [per frame], "iscrowd"}], "categories": [{"id",
+//! "name", "partition"}]}`. Results: `[{"video_id", "category_id", "score", "segmentations"}]`.
+//! A per-frame segmentation is a COCO RLE (`counts` as a compressed string or a list of run
+//! lengths), a list of polygons, or `null` (no mask in that frame).
+
+use crate::error::{EvalError, Result};
+use crate::track::TrackMasks;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// A video of the ground truth.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Video {
+    /// Video id.
+    pub id: u64,
+    /// Frame width.
+    pub width: u32,
+    /// Frame height.
+    pub height: u32,
+    /// Number of frames.
+    pub length: usize,
+}
+
+/// A category, with its LV-VIS partition (0, 1 = base; 2, 3 = novel) when the file gives one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Category {
+    /// Category id (need not be contiguous).
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// LV-VIS partition.
+    pub partition: Option<u8>,
+}
+
+/// A ground-truth or detected track.
+#[derive(Debug, Clone)]
+pub struct Track {
+    /// Index of the video in [`GroundTruth::videos`].
+    pub video: usize,
+    /// Category id.
+    pub category_id: u64,
+    /// Detection score (1 for ground truth).
+    pub score: f64,
+    /// Crowd region (ground truth only).
+    pub iscrowd: bool,
+    /// Per-frame masks.
+    pub masks: TrackMasks,
+    /// Mean of the per-frame areas over frames with a non-empty mask (0 if none), the area the
+    /// evaluators bin by.
+    pub mean_area: f64,
+}
+
+/// A parsed ground-truth file.
+#[derive(Debug, Clone)]
+pub struct GroundTruth {
+    /// Videos in file order.
+    pub videos: Vec<Video>,
+    /// Categories in file order.
+    pub categories: Vec<Category>,
+    /// Annotated tracks.
+    pub tracks: Vec<Track>,
+    video_index: HashMap<u64, usize>,
+}
+
+#[derive(Deserialize)]
+struct RawGroundTruth {
+    videos: Vec<RawVideo>,
+    #[serde(default)]
+    annotations: Vec<RawTrack>,
+    categories: Vec<RawCategory>,
+}
+
+#[derive(Deserialize)]
+struct RawVideo {
+    id: u64,
+    width: u32,
+    height: u32,
+    #[serde(default)]
+    length: Option<usize>,
+    #[serde(default)]
+    file_names: Option<Vec<Value>>,
+}
+
+#[derive(Deserialize)]
+struct RawCategory {
+    id: u64,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    partition: Option<u8>,
+}
+
+#[derive(Deserialize)]
+struct RawTrack {
+    video_id: u64,
+    category_id: u64,
+    #[serde(default)]
+    score: Option<f64>,
+    #[serde(default)]
+    iscrowd: Option<u8>,
+    segmentations: Vec<Value>,
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(|source| EvalError::Io {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| EvalError::Json {
+        file: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+impl GroundTruth {
+    /// Reads a ground-truth json file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let raw: RawGroundTruth = read_json(path.as_ref())?;
+        Self::from_raw(raw)
+    }
+
+    /// Parses ground truth from json text.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let raw: RawGroundTruth = serde_json::from_str(text).map_err(|e| EvalError::Json {
+            file: "<ground truth>".into(),
+            message: e.to_string(),
+        })?;
+        Self::from_raw(raw)
+    }
+
+    fn from_raw(raw: RawGroundTruth) -> Result<Self> {
+        let videos: Vec<Video> = raw
+            .videos
+            .into_iter()
+            .map(|v| Video {
+                id: v.id,
+                width: v.width,
+                height: v.height,
+                length: v
+                    .length
+                    .or_else(|| v.file_names.as_ref().map(Vec::len))
+                    .unwrap_or(0),
+            })
+            .collect();
+        let video_index = videos.iter().enumerate().map(|(i, v)| (v.id, i)).collect();
+        let categories: Vec<Category> = raw
+            .categories
+            .into_iter()
+            .map(|c| Category {
+                id: c.id,
+                name: c.name,
+                partition: c.partition,
+            })
+            .collect();
+        let mut ground_truth = Self {
+            videos,
+            categories,
+            tracks: Vec::new(),
+            video_index,
+        };
+        let tracks = raw
+            .annotations
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| ground_truth.track(t, &format!("annotation {i}"), false))
+            .collect::<Result<Vec<_>>>()?;
+        ground_truth.tracks = tracks;
+        Ok(ground_truth)
+    }
+
+    /// Reads a results json file (a list of detected tracks) against this ground truth.
+    pub fn read_results(&self, path: impl AsRef<Path>) -> Result<Vec<Track>> {
+        let raw: Vec<RawTrack> = read_json(path.as_ref())?;
+        self.results_from_raw(raw)
+    }
+
+    /// Parses results from json text.
+    pub fn results_from_json(&self, text: &str) -> Result<Vec<Track>> {
+        let raw: Vec<RawTrack> = serde_json::from_str(text).map_err(|e| EvalError::Json {
+            file: "<results>".into(),
+            message: e.to_string(),
+        })?;
+        self.results_from_raw(raw)
+    }
+
+    fn results_from_raw(&self, raw: Vec<RawTrack>) -> Result<Vec<Track>> {
+        use rayon::prelude::*;
+        raw.into_par_iter()
+            .enumerate()
+            .map(|(i, t)| self.track(t, &format!("result {i}"), true))
+            .collect()
+    }
+
+    /// Index of a video id in [`GroundTruth::videos`].
+    pub fn video_index(&self, id: u64) -> Option<usize> {
+        self.video_index.get(&id).copied()
+    }
+
+    fn track(&self, raw: RawTrack, what: &str, is_result: bool) -> Result<Track> {
+        let video = self
+            .video_index(raw.video_id)
+            .ok_or_else(|| EvalError::UnknownVideo {
+                what: what.to_string(),
+                video_id: raw.video_id,
+            })?;
+        if !self.categories.iter().any(|c| c.id == raw.category_id) {
+            return Err(EvalError::UnknownCategory {
+                what: what.to_string(),
+                category_id: raw.category_id,
+            });
+        }
+        let info = &self.videos[video];
+        if raw.segmentations.len() != info.length {
+            return Err(EvalError::FrameCount {
+                what: what.to_string(),
+                video_id: info.id,
+                expected: info.length,
+                got: raw.segmentations.len(),
+            });
+        }
+        let frames = raw
+            .segmentations
+            .iter()
+            .enumerate()
+            .map(|(frame, value)| {
+                parse_segmentation(value, info.height, info.width).map_err(|message| {
+                    EvalError::Segmentation {
+                        what: format!("{what} (video {})", info.id),
+                        frame,
+                        message,
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let masks = TrackMasks {
+            height: info.height,
+            width: info.width,
+            frames,
+        };
+        let score = if is_result {
+            let score = raw.score.ok_or_else(|| EvalError::Json {
+                file: what.into(),
+                message: "missing `score`".into(),
+            })?;
+            if !score.is_finite() {
+                return Err(EvalError::Score {
+                    what: what.to_string(),
+                    score,
+                });
+            }
+            score
+        } else {
+            1.0
+        };
+        let mean_area = mean_nonzero_area(&masks);
+        Ok(Track {
+            video,
+            category_id: raw.category_id,
+            score,
+            iscrowd: raw.iscrowd.unwrap_or(0) != 0,
+            masks,
+            mean_area,
+        })
+    }
+}
+
+/// Mean of the non-zero per-frame areas (the Python tools filter `if a`), 0 when there are none.
+fn mean_nonzero_area(masks: &TrackMasks) -> f64 {
+    let areas: Vec<u64> = masks
+        .areas()
+        .into_iter()
+        .flatten()
+        .filter(|&a| a > 0)
+        .collect();
+    if areas.is_empty() {
+        0.0
+    } else {
+        areas.iter().sum::<u64>() as f64 / areas.len() as f64
+    }
+}
+
+/// One frame's segmentation: COCO RLE (compressed or not), polygons, or `null`.
+fn parse_segmentation(
+    value: &Value,
+    height: u32,
+    width: u32,
+) -> std::result::Result<Option<Vec<u32>>, String> {
+    let pixels = u64::from(height) * u64::from(width);
+    match value {
+        Value::Null => Ok(None),
+        Value::Object(map) => {
+            let size: Vec<u64> = map
+                .get("size")
+                .and_then(Value::as_array)
+                .map(|s| s.iter().filter_map(Value::as_u64).collect())
+                .unwrap_or_default();
+            if size != [u64::from(height), u64::from(width)] {
+                return Err(format!(
+                    "RLE size {size:?} differs from the video's [{height}, {width}]"
+                ));
+            }
+            let counts = match map.get("counts") {
+                Some(Value::String(text)) => {
+                    hotcoco::mask::rle_from_string(text, height, width)
+                        .map_err(|e| format!("corrupt RLE: {e}"))?
+                        .counts
+                }
+                Some(Value::Array(runs)) => runs
+                    .iter()
+                    .map(|r| r.as_u64().and_then(|v| u32::try_from(v).ok()))
+                    .collect::<Option<Vec<u32>>>()
+                    .ok_or("RLE counts must be non-negative integers")?,
+                _ => return Err("RLE without `counts`".into()),
+            };
+            let total: u64 = counts.iter().map(|&c| u64::from(c)).sum();
+            if total != pixels {
+                return Err(format!(
+                    "corrupt RLE: runs cover {total} pixels, the frame has {pixels}"
+                ));
+            }
+            Ok(Some(counts))
+        }
+        Value::Array(polygons) => {
+            let polygons = polygons
+                .iter()
+                .map(|p| {
+                    p.as_array()
+                        .and_then(|xy| xy.iter().map(Value::as_f64).collect::<Option<Vec<f64>>>())
+                        .filter(|xy| xy.len() >= 6 && xy.len() % 2 == 0)
+                        .ok_or("a polygon must be a list of at least 3 (x, y) pairs")
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            hotcoco::mask::fr_polys(&polygons, height, width)
+                .map(|rle| Some(rle.counts))
+                .map_err(|e| format!("bad polygon: {e}"))
+        }
+        other => Err(format!("not a segmentation: {other}")),
+    }
+}
