@@ -8,6 +8,9 @@ pub enum Error {
     /// From the CLIP towers (weights, inputs).
     #[error(transparent)]
     Clip(#[from] clip_vis_clip::ClipError),
+    /// From the evaluator (ground truth, results).
+    #[error(transparent)]
+    Eval(#[from] clip_vis_eval::EvalError),
     /// An image file that cannot be read or decoded.
     #[error("{}: cannot decode image: {message}", file.display())]
     Image {

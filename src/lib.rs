@@ -7,6 +7,7 @@
 //! This facade re-exports the parts:
 //! - [`clip`]: the frozen CLIP towers (OpenAI RN50, OpenCLIP ConvNeXt-B), open_clip's tokenizer,
 //!   checkpoint loading and zero-shot classification.
+//! - [`eval`]: LV-VIS / YouTube-VIS video mask AP without a server.
 //!
 //! ```no_run
 //! use clip_vis::backend::Cpu;
@@ -21,6 +22,7 @@
 //! ```
 
 pub use clip_vis_clip as clip;
+pub use clip_vis_eval as eval;
 
 pub mod backend;
 pub mod demo;

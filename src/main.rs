@@ -53,6 +53,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Video mask AP of a results json against ground truth (LV-VIS / YouTube-VIS protocols).
+    Eval {
+        /// Ground truth in YTVIS layout (`videos`, `annotations`, `categories`).
+        #[arg(long)]
+        gt: PathBuf,
+        /// Results: a list of `{video_id, category_id, score, segmentations}`.
+        #[arg(long)]
+        results: PathBuf,
+        /// `lvvis`: also base (partitions 0, 1) and novel (2, 3); `ytvis`: all categories, or
+        /// base/novel with `--novel`.
+        #[arg(long, value_enum, default_value = "lvvis")]
+        protocol: ProtocolName,
+        /// For `ytvis`: a text file of novel category names, one per line.
+        #[arg(long)]
+        novel: Option<PathBuf>,
+        /// Print `{"all": {...}, "base": {...}, "novel": {...}}` (fractions, -1 = undefined).
+        #[arg(long)]
+        json: bool,
+        /// Also print the AP of every category.
+        #[arg(long)]
+        per_category: bool,
+    },
     /// Manage CLIP weights.
     Weights {
         #[command(subcommand)]
@@ -94,6 +116,12 @@ impl ModelName {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum ProtocolName {
+    Lvvis,
+    Ytvis,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum TemplateSet {
     Vild,
     Single,
@@ -130,6 +158,14 @@ fn run(cli: Cli) -> Result<()> {
             templates,
             json,
         } => zero_shot(clip, image, &labels, model, templates, json),
+        Command::Eval {
+            gt,
+            results,
+            protocol,
+            novel,
+            json,
+            per_category,
+        } => eval(gt, results, protocol, novel, json, per_category),
         Command::Weights {
             command:
                 WeightsCommand::Fetch {
@@ -246,6 +282,107 @@ fn zero_shot(
         println!("{value}");
     } else {
         print_table(&labels, &result);
+    }
+    Ok(())
+}
+
+fn eval(
+    gt: PathBuf,
+    results: PathBuf,
+    protocol: ProtocolName,
+    novel: Option<PathBuf>,
+    json: bool,
+    per_category: bool,
+) -> Result<()> {
+    use clip_vis::eval::{evaluate_files, Protocol, Summary, STAT_NAMES};
+    let protocol = match (protocol, novel) {
+        (ProtocolName::Lvvis, None) => Protocol::Lvvis,
+        (ProtocolName::Lvvis, Some(_)) => {
+            return Err(Error::Usage(
+                "--novel applies to --protocol ytvis; LV-VIS takes its split from the ground truth's partitions".into(),
+            ))
+        }
+        (ProtocolName::Ytvis, None) => Protocol::Ytvis { novel: Vec::new() },
+        (ProtocolName::Ytvis, Some(path)) => {
+            let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+                file: path.clone(),
+                source,
+            })?;
+            let novel: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect();
+            Protocol::Ytvis { novel }
+        }
+    };
+    let started = std::time::Instant::now();
+    let report = evaluate_files(&gt, &results, &protocol)?;
+    eprintln!(
+        "clip-vis: evaluated in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    let columns: Vec<(&str, Summary)> = [
+        Some(("all", report.all)),
+        report.base.map(|s| ("base", s)),
+        report.novel.map(|s| ("novel", s)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if json {
+        let mut value = serde_json::Map::new();
+        for (name, summary) in &columns {
+            let stats: serde_json::Map<String, serde_json::Value> = STAT_NAMES
+                .iter()
+                .zip(summary.stats)
+                .map(|(n, v)| (n.to_string(), serde_json::json!(v)))
+                .collect();
+            value.insert(name.to_string(), serde_json::Value::Object(stats));
+        }
+        if per_category {
+            let categories: serde_json::Map<String, serde_json::Value> = report
+                .per_category
+                .iter()
+                .map(|(id, s)| (id.to_string(), serde_json::json!(s.stats[0])))
+                .collect();
+            value.insert(
+                "per_category_AP".into(),
+                serde_json::Value::Object(categories),
+            );
+        }
+        println!("{}", serde_json::Value::Object(value));
+        return Ok(());
+    }
+    const ROWS: [&str; 12] = [
+        "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]",
+        "Average Precision  (AP) @[ IoU=0.50      | area=   all | maxDets=100 ]",
+        "Average Precision  (AP) @[ IoU=0.75      | area=   all | maxDets=100 ]",
+        "Average Precision  (AP) @[ IoU=0.50:0.95 | area= small | maxDets=100 ]",
+        "Average Precision  (AP) @[ IoU=0.50:0.95 | area=medium | maxDets=100 ]",
+        "Average Precision  (AP) @[ IoU=0.50:0.95 | area= large | maxDets=100 ]",
+        "Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets=  1 ]",
+        "Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets= 10 ]",
+        "Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]",
+        "Average Recall     (AR) @[ IoU=0.50:0.95 | area= small | maxDets=100 ]",
+        "Average Recall     (AR) @[ IoU=0.50:0.95 | area=medium | maxDets=100 ]",
+        "Average Recall     (AR) @[ IoU=0.50:0.95 | area= large | maxDets=100 ]",
+    ];
+    let header: Vec<String> = columns.iter().map(|(n, _)| format!("{n:>7}")).collect();
+    println!("{:<72} {}", "", header.join(" "));
+    for (row, label) in ROWS.iter().enumerate() {
+        let values: Vec<String> = columns
+            .iter()
+            .map(|(_, s)| format!("{:>7.3}", s.stats[row]))
+            .collect();
+        println!(" {label} = {}", values.join(" "));
+    }
+    if per_category {
+        println!("\n{:>12}  AP", "category");
+        for (id, summary) in &report.per_category {
+            println!("{id:>12}  {:.3}", summary.stats[0]);
+        }
     }
     Ok(())
 }

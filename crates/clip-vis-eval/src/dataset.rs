@@ -50,9 +50,28 @@ pub struct Track {
     pub iscrowd: bool,
     /// Per-frame masks.
     pub masks: TrackMasks,
-    /// Mean of the per-frame areas over frames with a non-empty mask (0 if none), the area the
-    /// evaluators bin by.
-    pub mean_area: f64,
+    /// Per-frame areas the evaluators bin by: the ground truth's json `areas` when given (the
+    /// Python tools read them from there, not from the masks), else the mask areas.
+    pub areas: Vec<Option<f64>>,
+}
+
+impl Track {
+    /// Mean of the non-zero per-frame areas (the Python tools filter `if a`), 0 when there are
+    /// none. `truncate`: LV-VIS's evaluator takes `int(a)` of each area first.
+    pub fn mean_area(&self, truncate: bool) -> f64 {
+        let areas: Vec<f64> = self
+            .areas
+            .iter()
+            .flatten()
+            .filter(|&&a| a != 0.0)
+            .map(|&a| if truncate { a.trunc() } else { a })
+            .collect();
+        if areas.is_empty() {
+            0.0
+        } else {
+            areas.iter().sum::<f64>() / areas.len() as f64
+        }
+    }
 }
 
 /// A parsed ground-truth file.
@@ -104,6 +123,8 @@ struct RawTrack {
     #[serde(default)]
     iscrowd: Option<u8>,
     segmentations: Vec<Value>,
+    #[serde(default)]
+    areas: Option<Vec<Option<f64>>>,
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
@@ -257,30 +278,36 @@ impl GroundTruth {
         } else {
             1.0
         };
-        let mean_area = mean_nonzero_area(&masks);
+        let mask_areas = || {
+            masks
+                .areas()
+                .into_iter()
+                .map(|a| a.map(|a| a as f64))
+                .collect()
+        };
+        let areas = match raw.areas {
+            // Results get their areas from their masks, as `loadRes` computes them.
+            Some(areas) if !is_result => {
+                if areas.len() != info.length {
+                    return Err(EvalError::FrameCount {
+                        what: format!("{what} `areas`"),
+                        video_id: info.id,
+                        expected: info.length,
+                        got: areas.len(),
+                    });
+                }
+                areas
+            }
+            _ => mask_areas(),
+        };
         Ok(Track {
             video,
             category_id: raw.category_id,
             score,
             iscrowd: raw.iscrowd.unwrap_or(0) != 0,
             masks,
-            mean_area,
+            areas,
         })
-    }
-}
-
-/// Mean of the non-zero per-frame areas (the Python tools filter `if a`), 0 when there are none.
-fn mean_nonzero_area(masks: &TrackMasks) -> f64 {
-    let areas: Vec<u64> = masks
-        .areas()
-        .into_iter()
-        .flatten()
-        .filter(|&a| a > 0)
-        .collect();
-    if areas.is_empty() {
-        0.0
-    } else {
-        areas.iter().sum::<u64>() as f64 / areas.len() as f64
     }
 }
 

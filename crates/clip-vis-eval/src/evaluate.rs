@@ -23,9 +23,33 @@ pub struct PairEval {
     pub counted_ground_truths: usize,
 }
 
+/// Where the two Python evaluators differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// `ytvoseval` ignores crowd ground truths (they never count as missed); `lvviseval` counts
+    /// them like any other, only letting several detections match one.
+    pub crowd_is_ignored: bool,
+    /// `lvviseval` truncates each per-frame area to an integer before averaging.
+    pub truncate_areas: bool,
+}
+
+impl Rules {
+    /// `tools/evaluate/lvviseval.py`.
+    pub const LVVIS: Rules = Rules {
+        crowd_is_ignored: false,
+        truncate_areas: true,
+    };
+    /// The YouTube-VIS `ytvoseval.py`.
+    pub const YTVIS: Rules = Rules {
+        crowd_is_ignored: true,
+        truncate_areas: false,
+    };
+}
+
 /// Every track of the ground truth and the results, grouped by (video, category).
 pub struct Evaluation<'a> {
     params: &'a Params,
+    rules: Rules,
     ground_truth: &'a GroundTruth,
     results: &'a [Track],
     /// `(video index, category id)` → (ground-truth indices, result indices sorted by score).
@@ -35,7 +59,12 @@ pub struct Evaluation<'a> {
 impl<'a> Evaluation<'a> {
     /// Groups tracks; results are sorted by descending score, ties kept in file order (numpy's
     /// stable `mergesort`), and cut to the largest `max_dets`.
-    pub fn new(params: &'a Params, ground_truth: &'a GroundTruth, results: &'a [Track]) -> Self {
+    pub fn new(
+        params: &'a Params,
+        rules: Rules,
+        ground_truth: &'a GroundTruth,
+        results: &'a [Track],
+    ) -> Self {
         let mut groups: HashMap<(usize, u64), (Vec<usize>, Vec<usize>)> = HashMap::new();
         for (i, t) in ground_truth.tracks.iter().enumerate() {
             groups
@@ -58,6 +87,7 @@ impl<'a> Evaluation<'a> {
         }
         Self {
             params,
+            rules,
             ground_truth,
             results,
             groups,
@@ -106,7 +136,10 @@ impl<'a> Evaluation<'a> {
         let outside = |a: f64| a < low || a > high;
         let gt_ignored: Vec<bool> = gt_tracks
             .iter()
-            .map(|g| g.iscrowd || outside(g.mean_area))
+            .map(|g| {
+                (self.rules.crowd_is_ignored && g.iscrowd)
+                    || outside(g.mean_area(self.rules.truncate_areas))
+            })
             .collect();
         // Ground truths that count first, stable (numpy mergesort on the ignore flag).
         let mut order: Vec<usize> = (0..gts.len()).collect();
@@ -146,7 +179,7 @@ impl<'a> Evaluation<'a> {
             }
         }
         for d in 0..dts.len() {
-            if outside(self.results[dts[d]].mean_area) {
+            if outside(self.results[dts[d]].mean_area(self.rules.truncate_areas)) {
                 for t in 0..thresholds.len() {
                     if !matched[t][d] {
                         ignored[t][d] = true;

@@ -58,7 +58,11 @@ pub struct Report {
 /// Evaluates `results` against `ground_truth`.
 pub fn evaluate(ground_truth: &GroundTruth, results: &[Track], protocol: &Protocol) -> Report {
     let params = Params::default();
-    let evaluation = evaluate::Evaluation::new(&params, ground_truth, results);
+    let rules = match protocol {
+        Protocol::Lvvis => evaluate::Rules::LVVIS,
+        Protocol::Ytvis { .. } => evaluate::Rules::YTVIS,
+    };
+    let evaluation = evaluate::Evaluation::new(&params, rules, ground_truth, results);
     let pairs = evaluation.run();
     let mut category_ids: Vec<u64> = ground_truth.categories.iter().map(|c| c.id).collect();
     category_ids.sort_unstable();
