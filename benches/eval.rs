@@ -36,8 +36,9 @@ impl Rng {
     }
 }
 
-/// A rectangle moving across the frames, as compressed COCO RLE strings (None when absent).
-fn moving_box(rng: &mut Rng, present_from: usize) -> Vec<Value> {
+/// A rectangle moving across the frames, as compressed COCO RLE strings (None when absent),
+/// with its per-frame areas (the ground-truth `areas` field the Python tools require).
+fn moving_box(rng: &mut Rng, present_from: usize) -> (Vec<Value>, Vec<Value>) {
     let (w, h) = (8 + rng.below(120) as i64, 8 + rng.below(90) as i64);
     let (mut x, mut y) = (
         rng.below(WIDTH as u64) as i64,
@@ -49,7 +50,7 @@ fn moving_box(rng: &mut Rng, present_from: usize) -> Vec<Value> {
             x += dx;
             y += dy;
             if f < present_from {
-                return Value::Null;
+                return (Value::Null, Value::Null);
             }
             let mut mask = vec![0u8; (WIDTH * HEIGHT) as usize];
             for col in x.max(0)..(x + w).min(WIDTH as i64) {
@@ -58,9 +59,13 @@ fn moving_box(rng: &mut Rng, present_from: usize) -> Vec<Value> {
                 }
             }
             let rle = hotcoco::mask::encode(&mask, HEIGHT, WIDTH).expect("encode");
-            json!({"size": [HEIGHT, WIDTH], "counts": hotcoco::mask::rle_to_string(&rle)})
+            let area = hotcoco::mask::area(&rle);
+            (
+                json!({"size": [HEIGHT, WIDTH], "counts": hotcoco::mask::rle_to_string(&rle)}),
+                json!(area),
+            )
         })
-        .collect()
+        .unzip()
 }
 
 fn workload(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
@@ -81,19 +86,19 @@ fn workload(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
             let category = 1 + rng.below(CATEGORIES);
             let id = annotations.len() + 1;
             let present_from = rng.below(4) as usize;
-            let segmentations = moving_box(&mut rng, present_from);
-            tracks.push((category, segmentations.clone()));
+            let (segmentations, areas) = moving_box(&mut rng, present_from);
+            tracks.push(category);
             annotations.push(json!({"id": id, "video_id": v, "category_id": category,
-                "iscrowd": 0, "segmentations": segmentations}));
+                "iscrowd": 0, "segmentations": segmentations, "areas": areas}));
         }
         for r in 0..RESULTS_PER_VIDEO {
-            let (category, segmentations) = if r % 2 == 0 {
-                let (category, _) = &tracks[r / 2 % tracks.len()];
-                // A noisy copy: another box of the same category.
-                (*category, moving_box(&mut rng, 0))
+            // Half the results name a category present in the video, half a random one.
+            let category = if r % 2 == 0 {
+                tracks[r / 2 % tracks.len()]
             } else {
-                (1 + rng.below(CATEGORIES), moving_box(&mut rng, 0))
+                1 + rng.below(CATEGORIES)
             };
+            let (segmentations, _) = moving_box(&mut rng, 0);
             results.push(json!({"video_id": v, "category_id": category,
                 "score": rng.below(1000) as f64 / 1000.0, "segmentations": segmentations}));
         }

@@ -203,3 +203,83 @@ fn missing_weights_file_names_the_file() {
         stderr(&output)
     );
 }
+
+fn eval_fixture(name: &str) -> String {
+    format!(
+        "{}/crates/clip-vis-eval/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[test]
+fn eval_prints_json_summaries_equal_to_the_python_tools() {
+    let output = clip_vis(&[
+        "eval",
+        "--gt",
+        &eval_fixture("random.gt.json"),
+        "--results",
+        &eval_fixture("random.results.json"),
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(eval_fixture("random.expected.json")).unwrap())
+            .unwrap();
+    for split in ["all", "base", "novel"] {
+        let ap = value[split]["AP"].as_f64().unwrap();
+        let reference = expected["lvvis"][split][0].as_f64().unwrap();
+        assert!(
+            (ap - reference).abs() < 1e-6,
+            "{split}: {ap} vs {reference}"
+        );
+        assert!(value[split]["AR100"].is_number());
+    }
+    // The table form prints the same rows the Python tools print.
+    let output = clip_vis(&[
+        "eval",
+        "--gt",
+        &eval_fixture("random.gt.json"),
+        "--results",
+        &eval_fixture("random.results.json"),
+        "--protocol",
+        "ytvis",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(String::from_utf8_lossy(&output.stdout)
+        .contains("Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]"));
+}
+
+#[test]
+fn eval_rejects_results_of_unknown_categories_and_corrupt_json() {
+    let output = clip_vis(&[
+        "eval",
+        "--gt",
+        &eval_fixture("absent_categories.gt.json"),
+        "--results",
+        &eval_fixture("absent_categories.results.json"),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("names category 7"),
+        "{}",
+        stderr(&output)
+    );
+
+    let dir = scratch("eval-corrupt");
+    let broken = dir.join("results.json");
+    std::fs::write(&broken, "[{\"video_id\": 1,").unwrap();
+    let output = clip_vis(&[
+        "eval",
+        "--gt",
+        &eval_fixture("random.gt.json"),
+        "--results",
+        broken.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("results.json"),
+        "{}",
+        stderr(&output)
+    );
+}
