@@ -132,8 +132,13 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
         file: path.to_path_buf(),
         source,
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| EvalError::Json {
-        file: path.to_path_buf(),
+    parse_json(&bytes, path)
+}
+
+/// Parses json, naming `source` (a file, or a label for in-memory text) in the error.
+fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8], source: &Path) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| EvalError::Json {
+        file: source.to_path_buf(),
         message: e.to_string(),
     })
 }
@@ -147,11 +152,7 @@ impl GroundTruth {
 
     /// Parses ground truth from json text.
     pub fn from_json(text: &str) -> Result<Self> {
-        let raw: RawGroundTruth = serde_json::from_str(text).map_err(|e| EvalError::Json {
-            file: "<ground truth>".into(),
-            message: e.to_string(),
-        })?;
-        Self::from_raw(raw)
+        Self::from_raw(parse_json(text.as_bytes(), Path::new("<ground truth>"))?)
     }
 
     fn from_raw(raw: RawGroundTruth) -> Result<Self> {
@@ -202,11 +203,7 @@ impl GroundTruth {
 
     /// Parses results from json text.
     pub fn results_from_json(&self, text: &str) -> Result<Vec<Track>> {
-        let raw: Vec<RawTrack> = serde_json::from_str(text).map_err(|e| EvalError::Json {
-            file: "<results>".into(),
-            message: e.to_string(),
-        })?;
-        self.results_from_raw(raw)
+        self.results_from_raw(parse_json(text.as_bytes(), Path::new("<results>"))?)
     }
 
     fn results_from_raw(&self, raw: Vec<RawTrack>) -> Result<Vec<Track>> {
