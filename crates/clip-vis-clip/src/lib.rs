@@ -21,7 +21,7 @@ pub mod convnext;
 mod error;
 pub mod model;
 pub mod modified_resnet;
-mod nn;
+pub mod nn;
 pub mod preprocess;
 pub mod text;
 pub mod tokenizer;

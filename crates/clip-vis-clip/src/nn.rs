@@ -1,4 +1,5 @@
-//! Small building blocks shared by the towers, built straight from checkpoint tensors.
+//! Small building blocks shared by the towers and the decoders, built straight from checkpoint
+//! tensors.
 //!
 //! The CLIP towers are frozen: they are only ever constructed from weights, so every block has
 //! a `load` constructor that takes its tensors from a [`TensorStore`] by checkpoint key, with
@@ -15,7 +16,7 @@ use burn::tensor::{Tensor, TensorPrimitive};
 
 /// A PyTorch `nn.Linear` (`{key}.weight` `[out, in]`, optional `{key}.bias`) as a Burn
 /// [`Linear`] (weight `[in, out]`).
-pub(crate) fn load_linear<B: Backend>(
+pub fn load_linear<B: Backend>(
     store: &TensorStore,
     key: &str,
     d_input: usize,
@@ -52,7 +53,7 @@ pub struct LayerNorm<B: Backend> {
 
 impl<B: Backend> LayerNorm<B> {
     /// Loads `{key}.weight` and `{key}.bias`.
-    pub(crate) fn load(
+    pub fn load(
         store: &TensorStore,
         key: &str,
         d_model: usize,
@@ -101,13 +102,20 @@ pub struct Conv2d<B: Backend> {
 
 /// Geometry of a convolution to load.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ConvSpec {
+pub struct ConvSpec {
+    /// Input channels.
     pub channels_in: usize,
+    /// Output channels.
     pub channels_out: usize,
+    /// Square kernel side.
     pub kernel: usize,
+    /// Stride.
     pub stride: usize,
+    /// Zero padding on every side.
     pub padding: usize,
+    /// Channel groups.
     pub groups: usize,
+    /// Whether the checkpoint has a bias.
     pub bias: bool,
 }
 
@@ -124,15 +132,19 @@ impl ConvSpec {
             bias: false,
         }
     }
+    /// With this stride.
     pub fn stride(self, stride: usize) -> Self {
         Self { stride, ..self }
     }
+    /// With this padding.
     pub fn padding(self, padding: usize) -> Self {
         Self { padding, ..self }
     }
+    /// With this many groups.
     pub fn groups(self, groups: usize) -> Self {
         Self { groups, ..self }
     }
+    /// With a bias.
     pub fn bias(self) -> Self {
         Self { bias: true, ..self }
     }
@@ -148,7 +160,7 @@ impl ConvSpec {
 
 impl<B: Backend> Conv2d<B> {
     /// Loads `{key}.weight` (and `{key}.bias` when the spec has one).
-    pub(crate) fn load(
+    pub fn load(
         store: &TensorStore,
         key: &str,
         spec: ConvSpec,
@@ -176,7 +188,7 @@ impl<B: Backend> Conv2d<B> {
     /// Loads a bias-free convolution followed by an inference-mode `BatchNorm2d` (eps 1e-5),
     /// folding the normalisation into the kernel and a bias: the backbone is frozen, so
     /// `bn(conv(x)) = conv(x; W·s) + (β − μ·s)` with `s = γ / sqrt(σ² + eps)`.
-    pub(crate) fn load_with_batch_norm(
+    pub fn load_with_batch_norm(
         store: &TensorStore,
         conv_key: &str,
         bn_key: &str,

@@ -1,0 +1,163 @@
+//! Multi-scale deformable attention (Deformable DETR, as Mask2Former's pixel decoder uses it).
+//!
+//! Each query predicts, per head, `points` sampling offsets on every level and one attention
+//! weight per (level, point), softmaxed over all levels × points of the head. The values of
+//! each level are sampled bilinearly at `reference + offset / (width, height)` (normalised
+//! `[0, 1]` coordinates, `x` first; PyTorch `grid_sample` semantics with `align_corners=False`
+//! and zeros outside the map), weighted and summed. Port of
+//! `facebookresearch/Mask2Former:mask2former/modeling/pixel_decoder/ops/modules/ms_deform_attn.py`
+//! with its pure-PyTorch core (`ms_deform_attn_core_pytorch`); it runs on every Burn backend
+//! through `grid_sample_2d`.
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::{GridSampleOptions, InterpolateMode};
+use burn::tensor::Tensor;
+use clip_vis_clip::nn::{linear_flat, load_linear};
+use clip_vis_clip::{Result, TensorStore};
+
+/// Sizes of a multi-scale deformable attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MsDeformAttnConfig {
+    /// Model width `d` (256 in CLIP-VIS, SPEC §3).
+    pub d_model: usize,
+    /// Heads (8).
+    pub heads: usize,
+    /// Feature levels (3: 1/32, 1/16, 1/8).
+    pub levels: usize,
+    /// Sampling points per head and level (4).
+    pub points: usize,
+}
+
+/// The module; field names are the checkpoint's.
+#[derive(Module, Debug)]
+pub struct MsDeformAttn<B: Backend> {
+    /// `d → heads · levels · points · 2` offsets.
+    sampling_offsets: Linear<B>,
+    /// `d → heads · levels · points` attention logits.
+    attention_weights: Linear<B>,
+    value_proj: Linear<B>,
+    output_proj: Linear<B>,
+    heads: usize,
+    levels: usize,
+    points: usize,
+}
+
+impl<B: Backend> MsDeformAttn<B> {
+    /// Loads `{key}.{sampling_offsets,attention_weights,value_proj,output_proj}.{weight,bias}`.
+    pub fn load(
+        store: &TensorStore,
+        key: &str,
+        config: &MsDeformAttnConfig,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let d = config.d_model;
+        let samples = config.heads * config.levels * config.points;
+        let linear = |name: &str, out| {
+            let full = if key.is_empty() {
+                name.to_string()
+            } else {
+                format!("{key}.{name}")
+            };
+            load_linear(store, &full, d, out, true, device)
+        };
+        Ok(Self {
+            sampling_offsets: linear("sampling_offsets", samples * 2)?,
+            attention_weights: linear("attention_weights", samples)?,
+            value_proj: linear("value_proj", d)?,
+            output_proj: linear("output_proj", d)?,
+            heads: config.heads,
+            levels: config.levels,
+            points: config.points,
+        })
+    }
+
+    /// # Shapes
+    /// - `query`: `[batch, queries, d]`
+    /// - `reference_points`: `[batch, queries, levels, 2]`, `(x, y)` in `[0, 1]`
+    /// - `input`: `[batch, Σ H_l·W_l, d]`, the levels' maps flattened row-major, level after
+    ///   level in the order of `spatial_shapes`
+    /// - `spatial_shapes`: `(H_l, W_l)` per level
+    /// - returns `[batch, queries, d]`
+    pub fn forward(
+        &self,
+        query: Tensor<B, 3>,
+        reference_points: Tensor<B, 4>,
+        input: Tensor<B, 3>,
+        spatial_shapes: &[(usize, usize)],
+    ) -> Tensor<B, 3> {
+        let [batch, queries, d] = query.dims();
+        let (heads, levels, points) = (self.heads, self.levels, self.points);
+        let head_dim = d / heads;
+        assert_eq!(spatial_shapes.len(), levels, "one spatial shape per level");
+        let device = query.device();
+
+        let value = linear_flat(&self.value_proj, input);
+        let offsets = linear_flat(&self.sampling_offsets, query.clone())
+            .reshape([batch, queries, heads, levels, points, 2]);
+        let weights = softmax(
+            linear_flat(&self.attention_weights, query).reshape([
+                batch,
+                queries,
+                heads,
+                levels * points,
+            ]),
+            3,
+        );
+
+        // Offsets are in pixels of each level: divide by (W_l, H_l).
+        let normalizer: Vec<f32> = spatial_shapes
+            .iter()
+            .flat_map(|&(h, w)| [w as f32, h as f32])
+            .collect();
+        let normalizer = Tensor::<B, 1>::from_floats(normalizer.as_slice(), &device)
+            .reshape([1, 1, 1, levels, 1, 2]);
+        let locations =
+            reference_points.reshape([batch, queries, 1, levels, 1, 2]) + offsets / normalizer;
+        // grid_sample takes [-1, 1].
+        let grids = locations * 2.0 - 1.0;
+
+        let mut sampled = Vec::with_capacity(levels);
+        let mut start = 0;
+        for (level, &(h, w)) in spatial_shapes.iter().enumerate() {
+            // [batch, H·W, heads, head_dim] → [batch·heads, head_dim, H, W]
+            let level_value = value
+                .clone()
+                .slice([0..batch, start..start + h * w, 0..d])
+                .reshape([batch, h * w, heads, head_dim])
+                .permute([0, 2, 3, 1])
+                .reshape([batch * heads, head_dim, h, w]);
+            start += h * w;
+            // [batch, queries, heads, points, 2] → [batch·heads, queries, points, 2]
+            let grid = grids
+                .clone()
+                .slice([
+                    0..batch,
+                    0..queries,
+                    0..heads,
+                    level..level + 1,
+                    0..points,
+                    0..2,
+                ])
+                .reshape([batch, queries, heads, points, 2])
+                .permute([0, 2, 1, 3, 4])
+                .reshape([batch * heads, queries, points, 2]);
+            sampled.push(
+                level_value.grid_sample_2d(grid, GridSampleOptions::new(InterpolateMode::Bilinear)),
+            );
+        }
+        // [batch·heads, head_dim, queries, levels·points], weighted over the last axis.
+        let sampled = Tensor::cat(sampled, 3);
+        let weights =
+            weights
+                .permute([0, 2, 1, 3])
+                .reshape([batch * heads, 1, queries, levels * points]);
+        let output = (sampled * weights)
+            .sum_dim(3)
+            .reshape([batch, heads * head_dim, queries])
+            .swap_dims(1, 2);
+        linear_flat(&self.output_proj, output)
+    }
+}

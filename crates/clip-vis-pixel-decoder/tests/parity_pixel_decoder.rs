@@ -1,0 +1,146 @@
+//! Parity of multi-scale deformable attention and of the whole pixel decoder with PyTorch
+//! (Mask2Former semantics; the reference core is HuggingFace transformers' pure-PyTorch
+//! `multi_scale_deformable_attention`).
+//!
+//! Fixtures: `tests/fixtures/{ms_deform_attn,pixel_decoder}.safetensors`, written by
+//! `scripts/fixtures/gen_pixel_decoder.py` (versions pinned in its header): random perturbed
+//! weights with detectron2 key names, non-square maps, sampling points outside the maps.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use clip_vis_clip::TensorStore;
+use clip_vis_pixel_decoder::{
+    MsDeformAttn, MsDeformAttnConfig, MsDeformAttnPixelDecoder, PixelDecoderConfig,
+};
+
+/// Relative error allowed: max |rust − torch| / max |torch|.
+const REL_TOL: f32 = 1e-4;
+
+fn fixture(name: &str) -> TensorStore {
+    TensorStore::open(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("fixture")
+}
+
+fn config(store: &TensorStore) -> serde_json::Value {
+    serde_json::from_str(&store.metadata()["config"]).expect("config json")
+}
+
+fn io<B: Backend, const D: usize>(
+    store: &TensorStore,
+    key: &str,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    let raw = store
+        .raw(&format!("io.{key}"))
+        .unwrap_or_else(|| panic!("io.{key}"));
+    let shape: [usize; D] = raw.shape.clone().try_into().expect("rank");
+    Tensor::from_data(TensorData::new(raw.values.clone(), shape), device)
+}
+
+fn assert_close<B: Backend, const D: usize>(what: &str, got: Tensor<B, D>, expected: Tensor<B, D>) {
+    assert_eq!(got.dims(), expected.dims(), "{what}: shape");
+    let got: Vec<f32> = got.into_data().convert::<f32>().into_vec().unwrap();
+    let expected: Vec<f32> = expected.into_data().convert::<f32>().into_vec().unwrap();
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+    let (index, diff) = got
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .enumerate()
+        .fold(
+            (0, 0f32),
+            |best, (i, d)| if d > best.1 { (i, d) } else { best },
+        );
+    assert!(
+        diff / scale <= REL_TOL,
+        "{what}: relative error {:.3e} at flat index {index}: rust {} vs torch {}",
+        diff / scale,
+        got[index],
+        expected[index]
+    );
+    eprintln!("{what}: relative error {:.2e}", diff / scale);
+}
+
+fn spatial_shapes(store: &TensorStore) -> Vec<(usize, usize)> {
+    store
+        .raw("io.spatial_shapes")
+        .expect("spatial shapes")
+        .values
+        .chunks(2)
+        .map(|hw| (hw[0] as usize, hw[1] as usize))
+        .collect()
+}
+
+fn check_ms_deform_attn<B: Backend>(device: &B::Device) {
+    let store = fixture("ms_deform_attn.safetensors");
+    let meta = config(&store);
+    let get = |k: &str| meta[k].as_u64().unwrap_or_else(|| panic!("config {k}")) as usize;
+    let config = MsDeformAttnConfig {
+        d_model: get("d_model"),
+        heads: get("heads"),
+        levels: get("levels"),
+        points: get("points"),
+    };
+    let module = MsDeformAttn::<B>::load(&store, "", &config, device).expect("weights");
+    let output = module.forward(
+        io(&store, "query", device),
+        io(&store, "reference_points", device),
+        io(&store, "value", device),
+        &spatial_shapes(&store),
+    );
+    assert_close(
+        "ms_deform_attn output",
+        output,
+        io(&store, "output", device),
+    );
+}
+
+fn check_pixel_decoder<B: Backend>(device: &B::Device) {
+    let store = fixture("pixel_decoder.safetensors");
+    let meta = config(&store);
+    let config: PixelDecoderConfig =
+        serde_json::from_value(meta["clip_vis"].clone()).expect("clip_vis config");
+    let decoder =
+        MsDeformAttnPixelDecoder::<B>::load(&store, "", &config, device).expect("weights");
+    let output = decoder.forward(
+        io(&store, "res2", device),
+        io(&store, "res3", device),
+        io(&store, "res4", device),
+        io(&store, "res5", device),
+    );
+    for (i, map) in output.multi_scale_features.into_iter().enumerate() {
+        assert_close(
+            &format!("multi_scale_{i}"),
+            map,
+            io(&store, &format!("multi_scale_{i}"), device),
+        );
+    }
+    assert_close(
+        "mask_features",
+        output.mask_features,
+        io(&store, "mask_features", device),
+    );
+}
+
+#[test]
+fn ms_deform_attn_matches_pytorch_on_flex() {
+    check_ms_deform_attn::<burn::backend::Flex>(&Default::default());
+}
+
+#[test]
+fn ms_deform_attn_matches_pytorch_on_ndarray() {
+    check_ms_deform_attn::<burn::backend::NdArray>(&Default::default());
+}
+
+#[test]
+fn pixel_decoder_matches_pytorch_on_flex() {
+    check_pixel_decoder::<burn::backend::Flex>(&Default::default());
+}
+
+#[test]
+fn pixel_decoder_matches_pytorch_on_ndarray() {
+    check_pixel_decoder::<burn::backend::NdArray>(&Default::default());
+}
