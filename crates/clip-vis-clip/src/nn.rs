@@ -239,7 +239,7 @@ impl<B: Backend> Conv2d<B> {
 
 /// Whether tensors of `B` live in host memory, where a host kernel can read them without a
 /// device transfer.
-fn is_host_backend<B: Backend>(device: &B::Device) -> bool {
+pub fn is_host_backend<B: Backend>(device: &B::Device) -> bool {
     matches!(B::name(device).as_str(), "flex" | "ndarray")
 }
 

@@ -14,9 +14,19 @@ use burn::nn::Linear;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{GridSampleOptions, InterpolateMode};
-use burn::tensor::Tensor;
-use clip_vis_clip::nn::{linear_flat, load_linear};
+use burn::tensor::{Tensor, TensorData};
+use clip_vis_clip::nn::{is_host_backend, linear_flat, load_linear};
 use clip_vis_clip::{Result, TensorStore};
+
+/// How the bilinear samples are gathered; both give the same result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SamplingCore {
+    /// Burn's `grid_sample_2d`, one call per level: runs on every backend.
+    GridSample,
+    /// A direct CPU kernel over the host buffers (the CPU backends' default): Burn's CPU
+    /// `grid_sample` is about 9x slower than PyTorch's.
+    Host,
+}
 
 /// Sizes of a multi-scale deformable attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -81,6 +91,9 @@ impl<B: Backend> MsDeformAttn<B> {
     ///   level in the order of `spatial_shapes`
     /// - `spatial_shapes`: `(H_l, W_l)` per level
     /// - returns `[batch, queries, d]`
+    ///
+    /// On the CPU backends the sampling runs in a direct kernel ([`SamplingCore::Host`]);
+    /// elsewhere through `grid_sample_2d` ([`SamplingCore::GridSample`]).
     pub fn forward(
         &self,
         query: Tensor<B, 3>,
@@ -88,9 +101,25 @@ impl<B: Backend> MsDeformAttn<B> {
         input: Tensor<B, 3>,
         spatial_shapes: &[(usize, usize)],
     ) -> Tensor<B, 3> {
-        let [batch, queries, d] = query.dims();
+        let core = if is_host_backend::<B>(&query.device()) {
+            SamplingCore::Host
+        } else {
+            SamplingCore::GridSample
+        };
+        self.forward_with(core, query, reference_points, input, spatial_shapes)
+    }
+
+    /// [`MsDeformAttn::forward`] with an explicit sampling core (the two are tested equal).
+    pub fn forward_with(
+        &self,
+        core: SamplingCore,
+        query: Tensor<B, 3>,
+        reference_points: Tensor<B, 4>,
+        input: Tensor<B, 3>,
+        spatial_shapes: &[(usize, usize)],
+    ) -> Tensor<B, 3> {
+        let [batch, queries, _] = query.dims();
         let (heads, levels, points) = (self.heads, self.levels, self.points);
-        let head_dim = d / heads;
         assert_eq!(spatial_shapes.len(), levels, "one spatial shape per level");
         let device = query.device();
 
@@ -106,7 +135,6 @@ impl<B: Backend> MsDeformAttn<B> {
             ]),
             3,
         );
-
         // Offsets are in pixels of each level: divide by (W_l, H_l).
         let normalizer: Vec<f32> = spatial_shapes
             .iter()
@@ -116,9 +144,26 @@ impl<B: Backend> MsDeformAttn<B> {
             .reshape([1, 1, 1, levels, 1, 2]);
         let locations =
             reference_points.reshape([batch, queries, 1, levels, 1, 2]) + offsets / normalizer;
+        let sampled = match core {
+            SamplingCore::GridSample => self.sample_grid(value, locations, weights, spatial_shapes),
+            SamplingCore::Host => self.sample_host(value, locations, weights, spatial_shapes),
+        };
+        linear_flat(&self.output_proj, sampled)
+    }
+
+    /// Generic core: one `grid_sample_2d` per level over `[batch·heads, head_dim, H, W]`.
+    fn sample_grid(
+        &self,
+        value: Tensor<B, 3>,
+        locations: Tensor<B, 6>,
+        weights: Tensor<B, 4>,
+        spatial_shapes: &[(usize, usize)],
+    ) -> Tensor<B, 3> {
+        let [batch, _, d] = value.dims();
+        let [_, queries, heads, levels, points, _] = locations.dims();
+        let head_dim = d / heads;
         // grid_sample takes [-1, 1].
         let grids = locations * 2.0 - 1.0;
-
         let mut sampled = Vec::with_capacity(levels);
         let mut start = 0;
         for (level, &(h, w)) in spatial_shapes.iter().enumerate() {
@@ -154,10 +199,79 @@ impl<B: Backend> MsDeformAttn<B> {
             weights
                 .permute([0, 2, 1, 3])
                 .reshape([batch * heads, 1, queries, levels * points]);
-        let output = (sampled * weights)
+        (sampled * weights)
             .sum_dim(3)
             .reshape([batch, heads * head_dim, queries])
-            .swap_dims(1, 2);
-        linear_flat(&self.output_proj, output)
+            .swap_dims(1, 2)
+    }
+
+    /// Host core: for each (query, head), the weighted bilinear samples are accumulated directly
+    /// from the value rows, `[batch, tokens, heads, head_dim]` being contiguous per corner —
+    /// no per-level copies, no intermediate `[.., queries, levels·points]` tensor. Parallel
+    /// over queries. Same arithmetic as `grid_sample` (`x·W − 0.5`, zeros outside).
+    fn sample_host(
+        &self,
+        value: Tensor<B, 3>,
+        locations: Tensor<B, 6>,
+        weights: Tensor<B, 4>,
+        spatial_shapes: &[(usize, usize)],
+    ) -> Tensor<B, 3> {
+        use rayon::prelude::*;
+        let device = value.device();
+        let [batch, tokens, d] = value.dims();
+        let [_, queries, heads, levels, points, _] = locations.dims();
+        let head_dim = d / heads;
+        let host = |t: Tensor<B, 3>| -> Vec<f32> {
+            t.into_data().convert::<f32>().into_vec().expect("f32")
+        };
+        let value = host(value);
+        let locations = host(locations.reshape([batch, queries, heads * levels * points * 2]));
+        let weights = host(weights.reshape([batch, queries, heads * levels * points]));
+        let starts: Vec<usize> = spatial_shapes
+            .iter()
+            .scan(0, |start, &(h, w)| {
+                let this = *start;
+                *start += h * w;
+                Some(this)
+            })
+            .collect();
+        let mut output = vec![0f32; batch * queries * d];
+        output.par_chunks_mut(d).enumerate().for_each(|(row, out)| {
+            let b = row / queries;
+            let value = &value[b * tokens * d..(b + 1) * tokens * d];
+            let samples = heads * levels * points;
+            let locations = &locations[row * samples * 2..(row + 1) * samples * 2];
+            let weights = &weights[row * samples..(row + 1) * samples];
+            for head in 0..heads {
+                let out = &mut out[head * head_dim..(head + 1) * head_dim];
+                for (level, &(h, w)) in spatial_shapes.iter().enumerate() {
+                    for point in 0..points {
+                        let sample = (head * levels + level) * points + point;
+                        let weight = weights[sample];
+                        let x = locations[sample * 2] * w as f32 - 0.5;
+                        let y = locations[sample * 2 + 1] * h as f32 - 0.5;
+                        let (x0, y0) = (x.floor(), y.floor());
+                        let (fx, fy) = (x - x0, y - y0);
+                        let (x0, y0) = (x0 as isize, y0 as isize);
+                        for (dy, wy) in [(0, 1.0 - fy), (1, fy)] {
+                            for (dx, wx) in [(0, 1.0 - fx), (1, fx)] {
+                                let (cx, cy) = (x0 + dx, y0 + dy);
+                                if cx < 0 || cy < 0 || cx >= w as isize || cy >= h as isize {
+                                    continue;
+                                }
+                                let token = starts[level] + cy as usize * w + cx as usize;
+                                let corner = &value[token * d + head * head_dim
+                                    ..token * d + (head + 1) * head_dim];
+                                let scale = weight * wy * wx;
+                                for (o, v) in out.iter_mut().zip(corner) {
+                                    *o += scale * v;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Tensor::from_data(TensorData::new(output, [batch, queries, d]), &device)
     }
 }
