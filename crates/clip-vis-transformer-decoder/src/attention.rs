@@ -1,0 +1,81 @@
+//! PyTorch `nn.MultiheadAttention` (packed `in_proj`, `out_proj`) with a boolean attention mask.
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Tensor, TensorData};
+use clip_vis_clip::nn::{linear_flat, load_linear};
+use clip_vis_clip::{Result, TensorStore};
+
+/// Multi-head attention; queries are scaled by `1/sqrt(head_dim)` as PyTorch does.
+#[derive(Module, Debug)]
+pub struct MultiheadAttention<B: Backend> {
+    q_proj: Linear<B>,
+    k_proj: Linear<B>,
+    v_proj: Linear<B>,
+    out_proj: Linear<B>,
+    heads: usize,
+}
+
+impl<B: Backend> MultiheadAttention<B> {
+    /// Loads `{key}.in_proj_weight` `[3d, d]` (q, k, v rows), `{key}.in_proj_bias`,
+    /// `{key}.out_proj.{weight,bias}`.
+    pub fn load(
+        store: &TensorStore,
+        key: &str,
+        d: usize,
+        heads: usize,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let weight = store.values(&format!("{key}.in_proj_weight"), &[3 * d, d])?;
+        let bias = store.values(&format!("{key}.in_proj_bias"), &[3 * d])?;
+        let part = |i: usize| Linear {
+            // PyTorch rows are outputs: transpose to Burn's [d_input, d_output].
+            weight: Param::from_tensor(
+                Tensor::<B, 2>::from_data(
+                    TensorData::new(weight[i * d * d..(i + 1) * d * d].to_vec(), [d, d]),
+                    device,
+                )
+                .transpose(),
+            ),
+            bias: Some(Param::from_tensor(Tensor::from_data(
+                TensorData::new(bias[i * d..(i + 1) * d].to_vec(), [d]),
+                device,
+            ))),
+        };
+        Ok(Self {
+            q_proj: part(0),
+            k_proj: part(1),
+            v_proj: part(2),
+            out_proj: load_linear(store, &format!("{key}.out_proj"), d, d, true, device)?,
+            heads,
+        })
+    }
+
+    /// # Shapes
+    /// - `query`: `[batch, queries, d]`; `key`, `value`: `[batch, keys, d]`
+    /// - `blocked`: `[batch, heads, queries, keys]`, true where a query may not attend
+    /// - returns `[batch, queries, d]`
+    pub fn forward(
+        &self,
+        query: Tensor<B, 3>,
+        key: Tensor<B, 3>,
+        value: Tensor<B, 3>,
+        blocked: Option<Tensor<B, 4, Bool>>,
+    ) -> Tensor<B, 3> {
+        let [batch, queries, d] = query.dims();
+        let keys = key.dims()[1];
+        let head_dim = d / self.heads;
+        let split =
+            |x: Tensor<B, 3>, n: usize| x.reshape([batch, n, self.heads, head_dim]).swap_dims(1, 2);
+        let q = split(linear_flat(&self.q_proj, query), queries);
+        let k = split(linear_flat(&self.k_proj, key), keys);
+        let v = split(linear_flat(&self.v_proj, value), keys);
+        let context = attention(q, k, v, blocked, None, AttentionModuleOptions::default())
+            .swap_dims(1, 2)
+            .reshape([batch, queries, d]);
+        linear_flat(&self.out_proj, context)
+    }
+}

@@ -1,0 +1,321 @@
+//! CLIP-VIS's `MultiScaleMaskedTransformerDecoder` (SPEC §4).
+//!
+//! Learnable queries attend, layer after layer, to the pixel decoder's maps at strides 32, 16,
+//! 8 (cycling), each cross-attention restricted to where the previous prediction's mask is on
+//! (`sigmoid ≥ 0.5` after resizing it to that level; a query whose mask is empty everywhere
+//! attends everywhere). Each layer is post-norm cross-attention → self-attention → FFN. After
+//! the learnable queries and after every layer, `decoder_norm` and three heads predict: object
+//! logits (`[object, no-object]`), mask logits at stride 4 (mask embedding · `mask_features`) and
+//! the mask IoU. Port of `zwq456/CLIP-VIS:clipvis/modeling/transformer_decoder/mask2former_transformer_decoder.py`.
+
+use crate::attention::MultiheadAttention;
+use crate::heads::Mlp;
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::activation::{relu, sigmoid};
+use burn::tensor::backend::Backend;
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use burn::tensor::{Bool, Tensor};
+use clip_vis_clip::nn::{linear_flat, load_linear, LayerNorm};
+use clip_vis_clip::{Result, TensorStore};
+use clip_vis_pixel_decoder::position_encoding::sine_position_encoding;
+
+/// Number of memory levels the decoder cycles through (strides 32, 16, 8).
+const LEVELS: usize = 3;
+/// PyTorch `nn.LayerNorm` default epsilon.
+const LAYER_NORM_EPS: f64 = 1e-5;
+
+/// Hyper-parameters of the decoder.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TransformerDecoderConfig {
+    /// Query width (256).
+    pub hidden_dim: usize,
+    /// Attention heads (8).
+    pub heads: usize,
+    /// FFN hidden width (2048).
+    pub ffn_dim: usize,
+    /// Learnable queries (100).
+    pub num_queries: usize,
+    /// Transformer layers: `DEC_LAYERS − 1` (6 for the LVIS models, 9 for COCO/YTVIS ones).
+    pub layers: usize,
+    /// Channels of `mask_features` (256).
+    pub mask_dim: usize,
+}
+
+impl TransformerDecoderConfig {
+    /// CLIP-VIS's decoder with `layers` transformer layers (SPEC §4).
+    pub fn clip_vis(layers: usize) -> Self {
+        Self {
+            hidden_dim: 256,
+            heads: 8,
+            ffn_dim: 2048,
+            num_queries: 100,
+            layers,
+            mask_dim: 256,
+        }
+    }
+}
+
+/// One prediction of the heads.
+#[derive(Debug, Clone)]
+pub struct Prediction<B: Backend> {
+    /// `[batch, queries, 2]`: logits of `[object, no-object]`.
+    pub object_logits: Tensor<B, 3>,
+    /// `[batch, queries, H/4, W/4]`: mask logits at stride 4.
+    pub masks: Tensor<B, 4>,
+    /// `[batch, queries, 1]`: predicted mask IoU, a probability.
+    pub ious: Tensor<B, 3>,
+}
+
+/// Everything the decoder predicts for a batch of frames.
+#[derive(Debug, Clone)]
+pub struct DecoderOutput<B: Backend> {
+    /// The last layer's prediction.
+    pub last: Prediction<B>,
+    /// The earlier predictions, first the learnable queries' (training supervises them all).
+    pub aux: Vec<Prediction<B>>,
+    /// `[batch, queries, hidden]`: `decoder_norm` of the final queries, used for tracking.
+    pub embeds: Tensor<B, 3>,
+}
+
+#[derive(Module, Debug)]
+struct Layer<B: Backend> {
+    cross_attention: MultiheadAttention<B>,
+    cross_norm: LayerNorm<B>,
+    self_attention: MultiheadAttention<B>,
+    self_norm: LayerNorm<B>,
+    linear1: Linear<B>,
+    linear2: Linear<B>,
+    ffn_norm: LayerNorm<B>,
+}
+
+/// The decoder with its heads; checkpoint names as in the comments.
+#[derive(Module, Debug)]
+pub struct MultiScaleMaskedTransformerDecoder<B: Backend> {
+    /// `query_feat.weight`, `[queries, hidden]`: the queries' content.
+    query_feat: Param<Tensor<B, 2>>,
+    /// `query_embed.weight`, `[queries, hidden]`: the queries' positions.
+    query_embed: Param<Tensor<B, 2>>,
+    /// `level_embed.weight`, `[3, hidden]`, added to each level's memory.
+    level_embed: Param<Tensor<B, 2>>,
+    layers: Vec<Layer<B>>,
+    decoder_norm: LayerNorm<B>,
+    object_embed: Mlp<B>,
+    mask_embed: Mlp<B>,
+    iou_head: Mlp<B>,
+    heads: usize,
+}
+
+impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
+    /// Loads `{key}.*` (CLIP-VIS: `sem_seg_head.predictor`; empty for keys without prefix).
+    pub fn load(
+        store: &TensorStore,
+        key: &str,
+        config: &TransformerDecoderConfig,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let k = |name: &str| {
+            if key.is_empty() {
+                name.to_string()
+            } else {
+                format!("{key}.{name}")
+            }
+        };
+        let d = config.hidden_dim;
+        let norm = |name: String| LayerNorm::load(store, &name, d, LAYER_NORM_EPS, device);
+        let layers = (0..config.layers)
+            .map(|i| {
+                let cross = k(&format!("transformer_cross_attention_layers.{i}"));
+                let own = k(&format!("transformer_self_attention_layers.{i}"));
+                let ffn = k(&format!("transformer_ffn_layers.{i}"));
+                Ok(Layer {
+                    cross_attention: MultiheadAttention::load(
+                        store,
+                        &format!("{cross}.multihead_attn"),
+                        d,
+                        config.heads,
+                        device,
+                    )?,
+                    cross_norm: norm(format!("{cross}.norm"))?,
+                    self_attention: MultiheadAttention::load(
+                        store,
+                        &format!("{own}.self_attn"),
+                        d,
+                        config.heads,
+                        device,
+                    )?,
+                    self_norm: norm(format!("{own}.norm"))?,
+                    linear1: load_linear(
+                        store,
+                        &format!("{ffn}.linear1"),
+                        d,
+                        config.ffn_dim,
+                        true,
+                        device,
+                    )?,
+                    linear2: load_linear(
+                        store,
+                        &format!("{ffn}.linear2"),
+                        config.ffn_dim,
+                        d,
+                        true,
+                        device,
+                    )?,
+                    ffn_norm: norm(format!("{ffn}.norm"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let embedding = |name: &str, rows: usize| -> Result<Param<Tensor<B, 2>>> {
+            Ok(Param::from_tensor(store.tensor(
+                &k(name),
+                [rows, d],
+                device,
+            )?))
+        };
+        Ok(Self {
+            query_feat: embedding("query_feat.weight", config.num_queries)?,
+            query_embed: embedding("query_embed.weight", config.num_queries)?,
+            level_embed: embedding("level_embed.weight", LEVELS)?,
+            layers,
+            decoder_norm: norm(k("decoder_norm"))?,
+            object_embed: Mlp::load(store, &k("object_embed"), d, d, 2, 3, device)?,
+            mask_embed: Mlp::load(store, &k("mask_embed"), d, d, config.mask_dim, 3, device)?,
+            iou_head: Mlp::load(store, &k("iou_head"), d, d, 1, 3, device)?,
+            heads: config.heads,
+        })
+    }
+
+    /// Number of transformer layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Decodes one batch.
+    ///
+    /// # Shapes
+    /// - `multi_scale`: the pixel decoder's maps at strides 32, 16, 8, `[batch, hidden, H_l, W_l]`
+    /// - `mask_features`: `[batch, mask_dim, H/4, W/4]`
+    pub fn forward(
+        &self,
+        multi_scale: &[Tensor<B, 4>; 3],
+        mask_features: Tensor<B, 4>,
+    ) -> DecoderOutput<B> {
+        let device = mask_features.device();
+        let [batch, _, _, _] = mask_features.dims();
+        let [queries, d] = self.query_feat.dims();
+        // Memory: values carry the level embedding, keys also the sine position.
+        let mut memory = Vec::with_capacity(LEVELS);
+        let mut positions = Vec::with_capacity(LEVELS);
+        let mut sizes = Vec::with_capacity(LEVELS);
+        for (level, map) in multi_scale.iter().enumerate() {
+            let [_, _, h, w] = map.dims();
+            sizes.push((h, w));
+            let values = map.clone().reshape([batch, d, h * w]).swap_dims(1, 2)
+                + self
+                    .level_embed
+                    .val()
+                    .slice([level..level + 1, 0..d])
+                    .unsqueeze::<3>();
+            memory.push(values);
+            let position = sine_position_encoding::<B>(d, h, w, &device)
+                .reshape([d, h * w])
+                .transpose();
+            positions.push(position.unsqueeze::<3>().expand([batch, h * w, d]));
+        }
+        let query_pos = self
+            .query_embed
+            .val()
+            .unsqueeze::<3>()
+            .expand([batch, queries, d]);
+        let mut output = self
+            .query_feat
+            .val()
+            .unsqueeze::<3>()
+            .expand([batch, queries, d]);
+
+        let mut predictions = Vec::with_capacity(self.layers.len() + 1);
+        let (first, mut blocked) = self.predict(output.clone(), mask_features.clone(), sizes[0]);
+        predictions.push(first);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let level = i % LEVELS;
+            let attended = layer.cross_attention.forward(
+                output.clone() + query_pos.clone(),
+                memory[level].clone() + positions[level].clone(),
+                memory[level].clone(),
+                Some(blocked),
+            );
+            output = layer.cross_norm.forward(output + attended);
+            let with_position = output.clone() + query_pos.clone();
+            let attended = layer.self_attention.forward(
+                with_position.clone(),
+                with_position,
+                output.clone(),
+                None,
+            );
+            output = layer.self_norm.forward(output + attended);
+            let hidden = linear_flat(
+                &layer.linear2,
+                relu(linear_flat(&layer.linear1, output.clone())),
+            );
+            output = layer.ffn_norm.forward(output + hidden);
+            let (prediction, next) = self.predict(
+                output.clone(),
+                mask_features.clone(),
+                sizes[(i + 1) % LEVELS],
+            );
+            predictions.push(prediction);
+            blocked = next;
+        }
+        let last = predictions
+            .pop()
+            .expect("at least the learnable queries' prediction");
+        DecoderOutput {
+            last,
+            aux: predictions,
+            embeds: self.decoder_norm.forward(output),
+        }
+    }
+
+    /// The heads on `decoder_norm(output)`, and the attention mask the next layer uses at
+    /// `target` size: `[batch, heads, queries, h·w]`, true = blocked.
+    fn predict(
+        &self,
+        output: Tensor<B, 3>,
+        mask_features: Tensor<B, 4>,
+        target: (usize, usize),
+    ) -> (Prediction<B>, Tensor<B, 4, Bool>) {
+        let decoded = self.decoder_norm.forward(output);
+        let [batch, queries, _] = decoded.dims();
+        let [_, mask_dim, h4, w4] = mask_features.dims();
+        let object_logits = self.object_embed.forward(decoded.clone());
+        let embedding = self.mask_embed.forward(decoded.clone());
+        let masks = embedding
+            .matmul(mask_features.reshape([batch, mask_dim, h4 * w4]))
+            .reshape([batch, queries, h4, w4]);
+        let ious = sigmoid(self.iou_head.forward(decoded));
+        let (h, w) = target;
+        let resized = interpolate(
+            masks.clone(),
+            [h, w],
+            InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(false),
+        );
+        let blocked = sigmoid(resized)
+            .reshape([batch, queries, h * w])
+            .lower_elem(0.5);
+        // A query blocked everywhere attends everywhere instead.
+        let everywhere = blocked.clone().int().sum_dim(2).equal_elem((h * w) as i64);
+        let blocked = blocked.bool_and(everywhere.bool_not().expand([batch, queries, h * w]));
+        let blocked = blocked
+            .unsqueeze_dim::<4>(1)
+            .expand([batch, self.heads, queries, h * w]);
+        (
+            Prediction {
+                object_logits,
+                masks,
+                ious,
+            },
+            blocked,
+        )
+    }
+}
