@@ -17,6 +17,15 @@ use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
+/// `prefix.name`, or `name` when the prefix is empty: the key of a sub-module's tensor.
+pub fn join_key(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
 /// One tensor of a checkpoint, converted to `f32`.
 #[derive(Debug, Clone)]
 pub struct StoredTensor {

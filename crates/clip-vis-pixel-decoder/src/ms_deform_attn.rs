@@ -16,6 +16,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::{GridSampleOptions, InterpolateMode};
 use burn::tensor::{Tensor, TensorData};
 use clip_vis_clip::nn::{is_host_backend, linear_flat, load_linear};
+use clip_vis_clip::weights::join_key;
 use clip_vis_clip::{Result, TensorStore};
 
 /// How the bilinear samples are gathered; both give the same result.
@@ -65,14 +66,8 @@ impl<B: Backend> MsDeformAttn<B> {
     ) -> Result<Self> {
         let d = config.d_model;
         let samples = config.heads * config.levels * config.points;
-        let linear = |name: &str, out| {
-            let full = if key.is_empty() {
-                name.to_string()
-            } else {
-                format!("{key}.{name}")
-            };
-            load_linear(store, &full, d, out, true, device)
-        };
+        let linear =
+            |name: &str, out| load_linear(store, &join_key(key, name), d, out, true, device);
         Ok(Self {
             sampling_offsets: linear("sampling_offsets", samples * 2)?,
             attention_weights: linear("attention_weights", samples)?,

@@ -17,6 +17,7 @@ use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Tensor, TensorData};
 use clip_vis_clip::nn::{linear_flat, load_linear, Conv2d, ConvSpec, LayerNorm};
+use clip_vis_clip::weights::join_key;
 use clip_vis_clip::{Result, TensorStore};
 
 /// Hyper-parameters of the pixel decoder.
@@ -124,13 +125,7 @@ impl<B: Backend> MsDeformAttnPixelDecoder<B> {
         config: &PixelDecoderConfig,
         device: &B::Device,
     ) -> Result<Self> {
-        let k = |name: &str| {
-            if key.is_empty() {
-                name.to_string()
-            } else {
-                format!("{key}.{name}")
-            }
-        };
+        let k = |name: &str| join_key(key, name);
         let d = config.conv_dim;
         let conv_norm = |conv: String, norm: String, spec: ConvSpec| -> Result<ConvNorm<B>> {
             Ok(ConvNorm {

@@ -6,62 +6,18 @@
 //! `scripts/fixtures/gen_pixel_decoder.py` (versions pinned in its header): random perturbed
 //! weights with detectron2 key names, non-square maps, sampling points outside the maps.
 
+#[path = "../../clip-vis-clip/tests/common/mod.rs"]
+mod common;
+
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
 use clip_vis_clip::TensorStore;
 use clip_vis_pixel_decoder::{
     MsDeformAttn, MsDeformAttnConfig, MsDeformAttnPixelDecoder, PixelDecoderConfig,
 };
-
-/// Relative error allowed: max |rust − torch| / max |torch|.
-const REL_TOL: f32 = 1e-4;
-
-fn fixture(name: &str) -> TensorStore {
-    TensorStore::open(format!(
-        "{}/tests/fixtures/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .expect("fixture")
-}
+use common::{assert_close, fixture, io};
 
 fn config(store: &TensorStore) -> serde_json::Value {
     serde_json::from_str(&store.metadata()["config"]).expect("config json")
-}
-
-fn io<B: Backend, const D: usize>(
-    store: &TensorStore,
-    key: &str,
-    device: &B::Device,
-) -> Tensor<B, D> {
-    let raw = store
-        .raw(&format!("io.{key}"))
-        .unwrap_or_else(|| panic!("io.{key}"));
-    let shape: [usize; D] = raw.shape.clone().try_into().expect("rank");
-    Tensor::from_data(TensorData::new(raw.values.clone(), shape), device)
-}
-
-fn assert_close<B: Backend, const D: usize>(what: &str, got: Tensor<B, D>, expected: Tensor<B, D>) {
-    assert_eq!(got.dims(), expected.dims(), "{what}: shape");
-    let got: Vec<f32> = got.into_data().convert::<f32>().into_vec().unwrap();
-    let expected: Vec<f32> = expected.into_data().convert::<f32>().into_vec().unwrap();
-    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-    let (index, diff) = got
-        .iter()
-        .zip(&expected)
-        .map(|(a, b)| (a - b).abs())
-        .enumerate()
-        .fold(
-            (0, 0f32),
-            |best, (i, d)| if d > best.1 { (i, d) } else { best },
-        );
-    assert!(
-        diff / scale <= REL_TOL,
-        "{what}: relative error {:.3e} at flat index {index}: rust {} vs torch {}",
-        diff / scale,
-        got[index],
-        expected[index]
-    );
-    eprintln!("{what}: relative error {:.2e}", diff / scale);
 }
 
 fn spatial_shapes(store: &TensorStore) -> Vec<(usize, usize)> {

@@ -18,6 +18,7 @@ use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Bool, Tensor};
 use clip_vis_clip::nn::{linear_flat, load_linear, LayerNorm};
+use clip_vis_clip::weights::join_key;
 use clip_vis_clip::{Result, TensorStore};
 use clip_vis_pixel_decoder::position_encoding::sine_position_encoding;
 
@@ -115,13 +116,7 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
         config: &TransformerDecoderConfig,
         device: &B::Device,
     ) -> Result<Self> {
-        let k = |name: &str| {
-            if key.is_empty() {
-                name.to_string()
-            } else {
-                format!("{key}.{name}")
-            }
-        };
+        let k = |name: &str| join_key(key, name);
         let d = config.hidden_dim;
         let norm = |name: String| LayerNorm::load(store, &name, d, LAYER_NORM_EPS, device);
         let layers = (0..config.layers)

@@ -7,49 +7,13 @@
 //! the 1/32, 1/16, 1/8 cycle wraps, batch 2, non-square maps, masks that block some positions
 //! and some whole rows.
 
+#[path = "../../clip-vis-clip/tests/common/mod.rs"]
+mod common;
+
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
 use clip_vis_clip::TensorStore;
 use clip_vis_transformer_decoder::{MultiScaleMaskedTransformerDecoder, TransformerDecoderConfig};
-
-/// Relative error allowed: max |rust − torch| / max |torch|.
-const REL_TOL: f32 = 1e-4;
-
-fn io<B: Backend, const D: usize>(
-    store: &TensorStore,
-    key: &str,
-    device: &B::Device,
-) -> Tensor<B, D> {
-    let raw = store
-        .raw(&format!("io.{key}"))
-        .unwrap_or_else(|| panic!("io.{key}"));
-    let shape: [usize; D] = raw.shape.clone().try_into().expect("rank");
-    Tensor::from_data(TensorData::new(raw.values.clone(), shape), device)
-}
-
-fn assert_close<B: Backend, const D: usize>(what: &str, got: Tensor<B, D>, expected: Tensor<B, D>) {
-    assert_eq!(got.dims(), expected.dims(), "{what}: shape");
-    let got: Vec<f32> = got.into_data().convert::<f32>().into_vec().unwrap();
-    let expected: Vec<f32> = expected.into_data().convert::<f32>().into_vec().unwrap();
-    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-    let (index, diff) = got
-        .iter()
-        .zip(&expected)
-        .map(|(a, b)| (a - b).abs())
-        .enumerate()
-        .fold(
-            (0, 0f32),
-            |best, (i, d)| if d > best.1 { (i, d) } else { best },
-        );
-    assert!(
-        diff / scale <= REL_TOL,
-        "{what}: relative error {:.3e} at flat index {index}: rust {} vs torch {}",
-        diff / scale,
-        got[index],
-        expected[index]
-    );
-    eprintln!("{what}: relative error {:.2e}", diff / scale);
-}
+use common::{assert_close, io};
 
 fn check<B: Backend>(device: &B::Device) {
     let path = format!(
