@@ -53,7 +53,7 @@ pub struct TensorStore {
     file: PathBuf,
     tensors: HashMap<String, StoredTensor>,
     metadata: HashMap<String, String>,
-    prefix: String,
+    prefix: RefCell<String>,
     used: RefCell<BTreeSet<String>>,
     synthetic: Option<Synthetic>,
 }
@@ -101,7 +101,7 @@ impl TensorStore {
             file: file.into(),
             tensors,
             metadata,
-            prefix: String::new(),
+            prefix: RefCell::default(),
             used: RefCell::default(),
             synthetic: None,
         }
@@ -194,9 +194,19 @@ impl TensorStore {
 
     /// Looks keys up under `prefix` (e.g. `backbone.clip_model.` in CLIP-VIS checkpoints).
     /// Strict loading then only checks keys under that prefix.
-    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
+    pub fn with_prefix(self, prefix: impl Into<String>) -> Self {
+        *self.prefix.borrow_mut() = prefix.into();
         self
+    }
+
+    /// Runs `load` with keys looked up under `prefix` (e.g. the CLIP towers inside a CLIP-VIS
+    /// checkpoint), then restores the previous prefix. Used tensors stay marked, so a strict
+    /// check afterwards covers the whole file.
+    pub fn scoped<T>(&self, prefix: &str, load: impl FnOnce(&TensorStore) -> T) -> T {
+        let previous = self.prefix.replace(prefix.to_string());
+        let result = load(self);
+        *self.prefix.borrow_mut() = previous;
+        result
     }
 
     /// Replaces the string metadata (e.g. to supply a config for a file without one).
@@ -240,7 +250,7 @@ impl TensorStore {
     }
 
     fn full_key(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
+        format!("{}{key}", self.prefix.borrow())
     }
 
     /// Takes `key` as stored, checking that its shape is `expected`, and marks it used.
@@ -305,11 +315,12 @@ impl TensorStore {
     /// Every parameter under the prefix (bookkeeping entries skipped), with the prefix removed,
     /// sorted by key: what a conversion writes.
     pub fn parameters(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        let prefix = self.prefix.borrow();
         let mut entries: Vec<_> = self
             .tensors
             .iter()
             .filter_map(|(key, tensor)| {
-                let short = key.strip_prefix(&self.prefix)?;
+                let short = key.strip_prefix(prefix.as_str())?;
                 (!is_bookkeeping_key(short)).then(|| {
                     (
                         short.to_string(),
@@ -325,12 +336,13 @@ impl TensorStore {
 
     /// Strict loading: fails if a tensor under the prefix was never taken.
     pub fn ensure_all_used(&self) -> Result<()> {
+        let prefix = self.prefix.borrow();
         let used = self.used.borrow();
         let mut left: Vec<&String> = self
             .tensors
             .keys()
-            .filter(|k| k.starts_with(&self.prefix) && !used.contains(*k))
-            .filter(|k| !is_bookkeeping_key(&k[self.prefix.len()..]))
+            .filter(|k| k.starts_with(prefix.as_str()) && !used.contains(*k))
+            .filter(|k| !is_bookkeeping_key(&k[prefix.len()..]))
             .collect();
         left.sort();
         match left.first() {
