@@ -8,6 +8,9 @@ pub enum Error {
     /// From the CLIP towers (weights, inputs).
     #[error(transparent)]
     Clip(#[from] clip_vis_clip::ClipError),
+    /// From the assembled model (checkpoint layout, layer count, inputs).
+    #[error(transparent)]
+    Model(#[from] clip_vis_model::ModelError),
     /// From the evaluator (ground truth, results).
     #[error(transparent)]
     Eval(#[from] clip_vis_eval::EvalError),

@@ -7,6 +7,8 @@
 //! This facade re-exports the parts:
 //! - [`clip`]: the frozen CLIP towers (OpenAI RN50, OpenCLIP ConvNeXt-B), open_clip's tokenizer,
 //!   checkpoint loading and zero-shot classification.
+//! - [`model`]: the assembled CLIP-VIS model (frozen CLIP, deformable-attention pixel decoder,
+//!   masked-attention decoder with object, mask and IoU heads) and per-image inference.
 //! - [`eval`]: LV-VIS / YouTube-VIS video mask AP without a server.
 //!
 //! ```no_run
@@ -23,6 +25,7 @@
 
 pub use clip_vis_clip as clip;
 pub use clip_vis_eval as eval;
+pub use clip_vis_model as model;
 
 pub mod backend;
 pub mod demo;

@@ -4,6 +4,7 @@
 //! ```text
 //! weights-convert open_clip_pytorch_model.bin convnext_base_w_320.safetensors --dtype f16
 //! weights-convert RN50.bin rn50.safetensors --from open-clip --model RN50
+//! weights-convert clipvis_lvis_r50_7.pth clipvis_lvis_r50.safetensors   # released CLIP-VIS
 //! ```
 //!
 //! Every conversion is validated by building the model from the tensors strictly (no tensor
@@ -13,9 +14,11 @@
 use burn::backend::Flex;
 use clap::{Parser, ValueEnum};
 use clip_vis_clip::config::CONFIG_METADATA_KEY;
-use clip_vis_clip::model::{detect_config, open_clip_store, CLIP_VIS_PREFIX};
+use clip_vis_clip::model::{detect_config, CLIP_VIS_PREFIX};
 use clip_vis_clip::weights::{save_safetensors, SaveDtype};
+use clip_vis_clip::TensorStore;
 use clip_vis_clip::{Clip, ClipConfig, ClipError};
+use clip_vis_model::ClipVis;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,7 +61,8 @@ struct Args {
     /// Confirm the architecture (`RN50`, `convnext_base_w_320`): a mismatch is an error.
     #[arg(long)]
     model: Option<String>,
-    /// Architecture as clip-vis config JSON, for checkpoints of models without a preset.
+    /// Architecture as clip-vis config JSON, for checkpoints of models without a preset (a CLIP
+    /// config for open_clip files, a model config for CLIP-VIS ones).
     #[arg(long)]
     config: Option<PathBuf>,
 }
@@ -67,6 +71,8 @@ struct Args {
 enum ConvertError {
     #[error(transparent)]
     Clip(#[from] ClipError),
+    #[error(transparent)]
+    Model(#[from] clip_vis_model::ModelError),
     #[error("{}: {message}", file.display())]
     Input { file: PathBuf, message: String },
 }
@@ -83,7 +89,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), ConvertError> {
-    let store = open_clip_store(&args.input)?;
+    let store = TensorStore::open(&args.input)?;
     let is_clip_vis = store.keys().iter().any(|k| k.starts_with(CLIP_VIS_PREFIX));
     match (args.from, is_clip_vis) {
         (Source::OpenClip, true) => {
@@ -98,6 +104,7 @@ fn run(args: &Args) -> Result<(), ConvertError> {
                 message: format!("no `{CLIP_VIS_PREFIX}*` keys: not a CLIP-VIS checkpoint"),
             })
         }
+        (_, true) => return convert_clip_vis(args, store),
         _ => {}
     }
     let mut metadata = HashMap::new();
@@ -132,17 +139,78 @@ fn run(args: &Args) -> Result<(), ConvertError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    metadata.insert(
-        SOURCE_KEY.to_string(),
-        format!(
-            "{source_name} ({})",
-            if is_clip_vis {
-                "CLIP-VIS, CLIP towers"
-            } else {
-                "open_clip"
+    metadata.insert(SOURCE_KEY.to_string(), format!("{source_name} (open_clip)"));
+    let dtype = match args.dtype {
+        Dtype::F32 => SaveDtype::F32,
+        Dtype::F16 => SaveDtype::F16,
+    };
+    save_safetensors(&args.output, &store.parameters(), dtype, metadata)?;
+    eprintln!("weights-convert: wrote {}", args.output.display());
+    Ok(())
+}
+
+/// A whole CLIP-VIS checkpoint (detectron2 names): validated by building the model strictly,
+/// written with the model config (the decoder's layer count included) in the metadata.
+fn convert_clip_vis(args: &Args, store: TensorStore) -> Result<(), ConvertError> {
+    // The released models' CLIP is a preset, found from the shapes; other models need their
+    // architecture as `--config` (a clip-vis model config). The decoder's layer count is
+    // checked against the tensors either way.
+    let store = match &args.config {
+        Some(path) => {
+            let json = std::fs::read_to_string(path).map_err(|e| ConvertError::Input {
+                file: path.clone(),
+                message: e.to_string(),
+            })?;
+            serde_json::from_str::<clip_vis_model::ClipVisConfig>(&json).map_err(|e| {
+                ConvertError::Input {
+                    file: path.clone(),
+                    message: format!("not a clip-vis model config: {e}"),
+                }
+            })?;
+            store.with_metadata(HashMap::from([(
+                clip_vis_model::CONFIG_METADATA_KEY.to_string(),
+                json,
+            )]))
+        }
+        None => store,
+    };
+    let config = ClipVis::<Flex>::detect_config(&store)?;
+    if let Some(expected) = &args.model {
+        let wanted = ClipConfig::preset(expected)
+            .map(|c| c.name)
+            .unwrap_or_else(|| expected.clone());
+        if wanted != config.clip.name {
+            return Err(ClipError::ArchitectureMismatch {
+                file: args.input.clone(),
+                expected: expected.clone(),
+                found: config.clip.name.clone(),
             }
-        ),
+            .into());
+        }
+    }
+    eprintln!(
+        "weights-convert: {}: CLIP-VIS with {} CLIP and {} decoder layers, validating...",
+        args.input.display(),
+        config.clip.name,
+        config.transformer_decoder.layers
     );
+    let device = Default::default();
+    ClipVis::<Flex>::load(&store, &config, &device)?;
+    store.ensure_all_used()?;
+    let source_name = args
+        .input
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let metadata = HashMap::from([
+        (
+            clip_vis_model::CONFIG_METADATA_KEY.to_string(),
+            config.to_json(),
+        ),
+        (CONFIG_METADATA_KEY.to_string(), config.clip.to_json()),
+        (FORMAT_KEY.to_string(), "1".to_string()),
+        (SOURCE_KEY.to_string(), format!("{source_name} (CLIP-VIS)")),
+    ]);
     let dtype = match args.dtype {
         Dtype::F32 => SaveDtype::F32,
         Dtype::F16 => SaveDtype::F16,

@@ -132,3 +132,108 @@ fn the_model_flag_must_agree_with_the_weights() {
     assert!(String::from_utf8_lossy(&result.stderr).contains("`RN50` was requested"));
     assert!(!output.exists());
 }
+
+fn clip_vis_pth() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../crates/clip-vis-model/tests/fixtures/clip_vis_small.pth"
+    ))
+}
+
+#[test]
+fn converts_a_detectron2_clip_vis_checkpoint_with_its_layer_count() {
+    use clip_vis_model::{ClipVis, CONFIG_METADATA_KEY as MODEL_KEY};
+    let dir = scratch("clipvis");
+    let output = dir.join("clip_vis.safetensors");
+    // The small test model's CLIP is no preset, so its architecture comes as a config file.
+    let fixture = TensorStore::open(clip_vis_pth().with_extension("safetensors")).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(&fixture.metadata()["config"]).unwrap();
+    let architecture = serde_json::json!({
+        "clip": meta["clip"],
+        "pixel_decoder": meta["pixel_decoder"],
+        "transformer_decoder": meta["transformer_decoder"],
+    });
+    let config_path = dir.join("model.json");
+    std::fs::write(&config_path, architecture.to_string()).unwrap();
+    let result = convert(
+        &[&clip_vis_pth(), &output],
+        &[
+            "--from",
+            "clip-vis",
+            "--config",
+            config_path.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let converted = TensorStore::open(&output).unwrap();
+    let config: clip_vis_model::ClipVisConfig =
+        serde_json::from_str(&converted.metadata()[MODEL_KEY]).expect("model config in metadata");
+    assert_eq!(config.transformer_decoder.layers, 3);
+    // The converted file predicts exactly what the pickled checkpoint does.
+    let device = Default::default();
+    let from_converted = ClipVis::<Flex>::from_file(&output, &device).expect("strict load");
+    let pickled = TensorStore::open(clip_vis_pth()).unwrap();
+    let from_pickle = ClipVis::<Flex>::load(&pickled, &config, &device).unwrap();
+    let pixels = burn::tensor::Tensor::<Flex, 4>::random(
+        [1, 3, 64, 96],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let a = from_converted
+        .forward(pixels.clone())
+        .unwrap()
+        .decoder
+        .last
+        .object_logits;
+    let b = from_pickle
+        .forward(pixels)
+        .unwrap()
+        .decoder
+        .last
+        .object_logits;
+    common::assert_close("converted vs pickled object logits", a, b);
+    // Its CLIP towers also serve zero-shot directly.
+    Clip::<Flex>::from_file(&output, None, &device).expect("CLIP part loads");
+}
+
+#[test]
+fn a_clip_vis_checkpoint_is_not_an_open_clip_one() {
+    let dir = scratch("wrongsource");
+    let output = dir.join("out.safetensors");
+    let result = convert(&[&clip_vis_pth(), &output], &["--from", "open-clip"]);
+    assert_eq!(result.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&result.stderr).contains("CLIP-VIS checkpoint"));
+    assert!(!output.exists());
+}
+
+#[test]
+fn a_config_whose_layer_count_disagrees_is_refused() {
+    let dir = scratch("clipvis-layers");
+    let output = dir.join("clip_vis.safetensors");
+    let fixture = TensorStore::open(clip_vis_pth().with_extension("safetensors")).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(&fixture.metadata()["config"]).unwrap();
+    let mut decoder = meta["transformer_decoder"].clone();
+    decoder["layers"] = serde_json::json!(9);
+    let architecture = serde_json::json!({
+        "clip": meta["clip"],
+        "pixel_decoder": meta["pixel_decoder"],
+        "transformer_decoder": decoder,
+    });
+    let config_path = dir.join("model.json");
+    std::fs::write(&config_path, architecture.to_string()).unwrap();
+    let result = convert(
+        &[&clip_vis_pth(), &output],
+        &["--config", config_path.to_str().unwrap()],
+    );
+    assert_eq!(result.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(
+        stderr.contains("the config says 9 decoder layers, the tensors have 3"),
+        "{stderr}"
+    );
+    assert!(!output.exists());
+}

@@ -38,6 +38,8 @@ pub struct StoredTensor {
 /// Checkpoint keys that carry no parameter and are skipped by strict loading.
 fn is_bookkeeping_key(key: &str) -> bool {
     key.ends_with("num_batches_tracked")
+        // detectron2 CLIP-VIS checkpoints also save the loss's class-weight buffer.
+        || key.starts_with("criterion.")
         // OpenAI's published state dicts carry these three scalars; open_clip deletes them.
         || matches!(key, "input_resolution" | "context_length" | "vocab_size")
 }
