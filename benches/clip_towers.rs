@@ -10,12 +10,13 @@
 //! Python with torch and open_clip 2.24, runs `benches/clip_towers_torch.py` with the same
 //! thread count and prints the ratios. Groups are named `{backend}/{block}/{size}`.
 
+mod common;
+
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use clip_vis_clip::weights::{SyntheticFill, TensorStore};
 use clip_vis_clip::{Clip, ClipConfig};
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 const COCO: [&str; 80] = [
     "person",
@@ -100,27 +101,6 @@ const COCO: [&str; 80] = [
     "toothbrush",
 ];
 
-fn repeats() -> usize {
-    std::env::var("CLIP_VIS_BENCH_REPEATS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5)
-}
-
-/// Median wall time in milliseconds of `repeats` runs after one warm-up.
-fn time_ms(mut run: impl FnMut()) -> f64 {
-    run();
-    let mut runs: Vec<f64> = (0..repeats())
-        .map(|_| {
-            let start = Instant::now();
-            run();
-            start.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    runs.sort_by(f64::total_cmp);
-    runs[runs.len() / 2]
-}
-
 fn bench_model<B: Backend>(
     backend: &str,
     config: ClipConfig,
@@ -135,14 +115,14 @@ fn bench_model<B: Backend>(
         burn::tensor::Distribution::Normal(0.0, 1.0),
         &device,
     );
-    let trunk = time_ms(|| {
+    let trunk = common::median_ms(common::repeats(5), || {
         let features = clip.features(pixels.clone());
         let _ = features.res5.into_data();
     });
     println!("{backend}/{short}_trunk/640x640: {trunk:.1} ms");
     results.insert(format!("{short}_trunk"), trunk);
     let prompts: Vec<String> = COCO.iter().map(|c| format!("a photo of a {c}.")).collect();
-    let text = time_ms(|| {
+    let text = common::median_ms(common::repeats(5), || {
         let _ = clip.encode_prompts(&prompts).expect("encode").into_data();
     });
     println!("{backend}/{short}_text/80_prompts: {text:.1} ms");
@@ -158,7 +138,7 @@ fn torch_results(threads: usize) -> Option<BTreeMap<String, f64>> {
             "--threads",
             &threads.to_string(),
             "--repeats",
-            &repeats().to_string(),
+            &common::repeats(5).to_string(),
         ])
         .output()
         .ok()?;
@@ -181,14 +161,7 @@ fn torch_results(threads: usize) -> Option<BTreeMap<String, f64>> {
 }
 
 fn main() {
-    let threads: usize = std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        });
+    let threads = common::threads();
     let mut rust = BTreeMap::new();
     bench_model::<burn::backend::Flex>("flex", ClipConfig::rn50(), "rn50", &mut rust);
     bench_model::<burn::backend::Flex>(

@@ -9,22 +9,16 @@
 //! pure-PyTorch deformable attention CLIP-VIS itself runs on the CPU). Groups are named
 //! `{backend}/{block}/{size}`.
 
+mod common;
+
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use clip_vis_clip::weights::{SyntheticFill, TensorStore};
 use clip_vis_pixel_decoder::{MsDeformAttnPixelDecoder, PixelDecoderConfig};
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 const HEIGHT: usize = 480;
 const WIDTH: usize = 640;
-
-fn repeats() -> usize {
-    std::env::var("CLIP_VIS_BENCH_REPEATS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
-}
 
 fn bench<B: Backend>(name: &str, channels: [usize; 4]) -> f64 {
     let device = B::Device::default();
@@ -58,22 +52,13 @@ fn bench<B: Backend>(name: &str, channels: [usize; 4]) -> f64 {
         );
         let _ = out.mask_features.into_data();
     };
-    run();
-    let mut times: Vec<f64> = (0..repeats())
-        .map(|_| {
-            let start = Instant::now();
-            run();
-            start.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    let median = common::median_ms(common::repeats(3), run);
     println!("flex/{name}/{HEIGHT}x{WIDTH}: {median:.0} ms");
     median
 }
 
 fn main() {
-    let threads = rayon_threads();
+    let threads = common::threads();
     let mut rust = BTreeMap::new();
     rust.insert(
         "pixel_decoder_r50",
@@ -97,7 +82,7 @@ fn main() {
             "--threads",
             &threads.to_string(),
             "--repeats",
-            &repeats().to_string(),
+            &common::repeats(3).to_string(),
         ])
         .args([
             "--height",
@@ -129,15 +114,4 @@ fn main() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-}
-
-fn rayon_threads() -> usize {
-    std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        })
 }

@@ -8,10 +8,11 @@
 //! 15x20, 30x40, 60x80, mask features at 120x160), random weights. The PyTorch side is
 //! `benches/transformer_decoder_torch.py`.
 
+mod common;
+
 use burn::tensor::{Distribution, Tensor};
 use clip_vis_clip::weights::{SyntheticFill, TensorStore};
 use clip_vis_transformer_decoder::{MultiScaleMaskedTransformerDecoder, TransformerDecoderConfig};
-use std::time::Instant;
 
 type B = burn::backend::Flex;
 const HEIGHT: usize = 480;
@@ -19,10 +20,7 @@ const WIDTH: usize = 640;
 const LAYERS: usize = 6;
 
 fn main() {
-    let repeats: usize = std::env::var("CLIP_VIS_BENCH_REPEATS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let repeats = common::repeats(3);
     let device = Default::default();
     let store = TensorStore::synthetic(SyntheticFill::Random(5));
     let decoder = MultiScaleMaskedTransformerDecoder::<B>::load(
@@ -45,22 +43,13 @@ fn main() {
         let output = decoder.forward(&maps, mask_features.clone());
         let _ = output.last.masks.into_data();
     };
-    run();
-    let mut times: Vec<f64> = (0..repeats)
-        .map(|_| {
-            let start = Instant::now();
-            run();
-            start.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    let ours = times[times.len() / 2];
+    let ours = common::median_ms(repeats, run);
     println!("flex/transformer_decoder_{LAYERS}/{HEIGHT}x{WIDTH}: {ours:.0} ms");
     let Ok(python) = std::env::var("CLIP_VIS_TORCH_PYTHON") else {
         println!("(set CLIP_VIS_TORCH_PYTHON to a Python with torch 2.5 for the PyTorch side)");
         return;
     };
-    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "2".into());
+    let threads = common::threads().to_string();
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/benches/transformer_decoder_torch.py"

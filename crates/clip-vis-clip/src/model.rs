@@ -188,7 +188,7 @@ impl<B: Backend> Clip<B> {
         if prompts.is_empty() {
             return Err(ClipError::InvalidInput("no prompts to encode".into()));
         }
-        let tokenizer = crate::tokenizer::ClipTokenizer::new();
+        let tokenizer = crate::tokenizer::ClipTokenizer::shared();
         let context = crate::tokenizer::CONTEXT_LENGTH;
         self.encode_text(&tokenizer.tokenize_batch(prompts, context), context)
     }

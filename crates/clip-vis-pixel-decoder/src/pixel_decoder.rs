@@ -8,7 +8,7 @@
 
 use crate::group_norm::GroupNorm;
 use crate::ms_deform_attn::{MsDeformAttn, MsDeformAttnConfig};
-use crate::position_encoding::sine_position_encoding;
+use crate::position_encoding::sine_position_tokens;
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::relu;
@@ -224,11 +224,14 @@ impl<B: Backend> MsDeformAttnPixelDecoder<B> {
             shapes.push((h, w));
             let source = projection.forward(input);
             sources.push(source.reshape([batch, d, h * w]).swap_dims(1, 2));
-            let position = sine_position_encoding::<B>(d, h, w, &device)
-                .reshape([d, h * w])
-                .transpose()
-                + self.level_embed.val().slice([level..level + 1, 0..d]);
-            positions.push(position.unsqueeze::<3>().expand([batch, h * w, d]));
+            positions.push(
+                sine_position_tokens::<B>(batch, d, h, w, &device)
+                    + self
+                        .level_embed
+                        .val()
+                        .slice([level..level + 1, 0..d])
+                        .unsqueeze::<3>(),
+            );
             // Pixel centres in [0, 1], (x, y).
             for i in 0..h {
                 for j in 0..w {

@@ -47,3 +47,19 @@ pub fn sine_position_encoding<B: Backend>(
     }
     Tensor::from_data(TensorData::new(values, [channels, height, width]), device)
 }
+
+/// [`sine_position_encoding`] flattened row-major to tokens and repeated over the batch:
+/// `[batch, height · width, channels]`, as the attention layers add it to their keys.
+pub fn sine_position_tokens<B: Backend>(
+    batch: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+    device: &B::Device,
+) -> Tensor<B, 3> {
+    sine_position_encoding::<B>(channels, height, width, device)
+        .reshape([channels, height * width])
+        .transpose()
+        .unsqueeze::<3>()
+        .expand([batch, height * width, channels])
+}

@@ -20,7 +20,7 @@ use burn::tensor::{Bool, Tensor};
 use clip_vis_clip::nn::{linear_flat, load_linear, LayerNorm};
 use clip_vis_clip::weights::join_key;
 use clip_vis_clip::{Result, TensorStore};
-use clip_vis_pixel_decoder::position_encoding::sine_position_encoding;
+use clip_vis_pixel_decoder::position_encoding::sine_position_tokens;
 
 /// Number of memory levels the decoder cycles through (strides 32, 16, 8).
 const LEVELS: usize = 3;
@@ -213,10 +213,7 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
                     .slice([level..level + 1, 0..d])
                     .unsqueeze::<3>();
             memory.push(values);
-            let position = sine_position_encoding::<B>(d, h, w, &device)
-                .reshape([d, h * w])
-                .transpose();
-            positions.push(position.unsqueeze::<3>().expand([batch, h * w, d]));
+            positions.push(sine_position_tokens::<B>(batch, d, h, w, &device));
         }
         let query_pos = self
             .query_embed

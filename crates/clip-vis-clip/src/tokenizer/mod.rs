@@ -56,6 +56,13 @@ impl ClipTokenizer {
         }
     }
 
+    /// A process-wide tokenizer, built once: building parses the 49408-entry vocabulary, which
+    /// callers encoding prompts in chunks would otherwise repeat per chunk.
+    pub fn shared() -> &'static ClipTokenizer {
+        static SHARED: OnceLock<ClipTokenizer> = OnceLock::new();
+        SHARED.get_or_init(ClipTokenizer::new)
+    }
+
     /// BPE ids of `text` after cleaning, without SOT/EOT.
     ///
     /// Words are split with open_clip 2.24's pattern, case-insensitively as open_clip compiles
