@@ -33,7 +33,7 @@ pub const VILD_TEMPLATES: [&str; 14] = [
 const ENCODE_BATCH: usize = 128;
 
 /// Which prompt templates to ensemble.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Templates {
     /// The 14 ViLD templates CLIP-VIS uses.
     #[default]
@@ -94,7 +94,21 @@ pub struct TextClassifier<B: Backend> {
 impl<B: Backend> TextClassifier<B> {
     /// Builds the classifier for `names` with `templates`.
     pub fn new<S: AsRef<str>>(clip: &Clip<B>, names: &[S], templates: Templates) -> Result<Self> {
-        let synonyms = split_synonyms(names)?;
+        Self::from_synonyms(clip, &split_synonyms(names)?, templates)
+    }
+
+    /// Builds the classifier from categories already split into synonyms (each category one or
+    /// more non-empty words), e.g. a vocabulary parsed elsewhere.
+    pub fn from_synonyms(
+        clip: &Clip<B>,
+        synonyms: &[Vec<String>],
+        templates: Templates,
+    ) -> Result<Self> {
+        if synonyms.is_empty() || synonyms.iter().any(Vec::is_empty) {
+            return Err(ClipError::InvalidInput(
+                "the vocabulary is empty or has a category without words".into(),
+            ));
+        }
         let templates = templates.strings();
         let mut prompts = Vec::new();
         let mut category_of = Vec::new();
