@@ -116,3 +116,107 @@ pub fn run<B: Backend>(labels: &[&str], device: &B::Device) -> Result<DemoReport
         dense_shape: dense.dims(),
     })
 }
+
+/// A CLIP-VIS model small enough to run a video in seconds on a laptop CPU: the tiny CLIP above,
+/// a 2-layer pixel decoder and a 3-layer decoder of width 32 with 20 queries.
+pub fn tiny_video_config() -> clip_vis_model::ClipVisConfig {
+    use clip_vis_pixel_decoder::PixelDecoderConfig;
+    use clip_vis_transformer_decoder::TransformerDecoderConfig;
+    let clip = tiny_config();
+    let channels = match &clip.vision {
+        clip_vis_clip::config::VisionConfig::Convnext(c) => c.dims,
+        _ => unreachable!("the tiny CLIP is a ConvNeXt"),
+    };
+    clip_vis_model::ClipVisConfig {
+        clip,
+        pixel_decoder: PixelDecoderConfig {
+            in_channels: channels,
+            conv_dim: 32,
+            mask_dim: 32,
+            heads: 4,
+            points: 2,
+            encoder_layers: 2,
+            ffn_dim: 64,
+            groups: 8,
+        },
+        transformer_decoder: TransformerDecoderConfig {
+            hidden_dim: 32,
+            heads: 4,
+            ffn_dim: 64,
+            num_queries: 20,
+            layers: 3,
+            mask_dim: 32,
+        },
+    }
+}
+
+/// The tiny video model's weights: every tensor [`tiny_video_model`] reads, seeded.
+pub fn tiny_video_store() -> TensorStore {
+    TensorStore::synthetic(SyntheticFill::Random(DEMO_SEED))
+}
+
+/// The tiny CLIP-VIS model with seeded random weights.
+pub fn tiny_video_model<B: Backend>(device: &B::Device) -> Result<clip_vis_model::ClipVis<B>> {
+    let store = tiny_video_store();
+    Ok(clip_vis_model::ClipVis::load(
+        &store,
+        &tiny_video_config(),
+        device,
+    )?)
+}
+
+/// Writes the tiny video model as a converted clip-vis weights file (what `weights-convert`
+/// produces), for `clip-vis segment --weights` in tests and benchmarks.
+pub fn write_tiny_video_weights(path: &std::path::Path) -> Result<()> {
+    use std::collections::HashMap;
+    let store = tiny_video_store();
+    let config = tiny_video_config();
+    clip_vis_model::ClipVis::<crate::backend::Default>::load(&store, &config, &Default::default())?;
+    let tensors: Vec<_> = store
+        .requested()
+        .into_iter()
+        .map(|(key, shape)| {
+            let values = store.values(&key, &shape)?;
+            Ok((key, shape, values))
+        })
+        .collect::<std::result::Result<_, clip_vis_clip::ClipError>>()?;
+    let metadata = HashMap::from([(
+        clip_vis_model::CONFIG_METADATA_KEY.to_string(),
+        config.to_json(),
+    )]);
+    clip_vis_clip::weights::save_safetensors(
+        path,
+        &tensors,
+        clip_vis_clip::weights::SaveDtype::F32,
+        metadata,
+    )?;
+    Ok(())
+}
+
+/// Frame `index` of a synthetic video: a drifting gradient with a red disc moving right, a
+/// blue square moving down and a yellow bar that leaves the picture for a while.
+pub fn synthetic_frame(index: usize, width: usize, height: usize) -> RgbImage {
+    let t = index as f32;
+    let (w, h) = (width as f32, height as f32);
+    let disc = (w * (0.2 + 0.01 * t) % w, h * 0.45, h * 0.15);
+    let square = (w * 0.65, (h * (0.2 + 0.012 * t)) % h, h * 0.12);
+    let bar_visible = (index / 10) % 3 != 1;
+    let mut pixels = Vec::with_capacity(width * height * 3);
+    for y in 0..height {
+        for x in 0..width {
+            let (fx, fy) = (x as f32, y as f32);
+            let rgb = if (fx - disc.0).powi(2) + (fy - disc.1).powi(2) < disc.2 * disc.2 {
+                [220, 30, 40]
+            } else if (fx - square.0).abs() < square.2 && (fy - square.1).abs() < square.2 {
+                [30, 60, 210]
+            } else if bar_visible && fy > h * 0.8 && fy < h * 0.88 && fx > w * 0.1 && fx < w * 0.5 {
+                [230, 200, 40]
+            } else {
+                let shade = ((fx + fy + 2.0 * t) % 64.0) as u8;
+                [100 + shade, 150, 120 + shade / 2]
+            };
+            pixels.extend_from_slice(&rgb);
+        }
+    }
+    RgbImage::new(width, height, pixels).expect("consistent size")
+}

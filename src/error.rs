@@ -31,6 +31,24 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// From temporal matching (non-finite or mis-shaped embeddings).
+    #[error(transparent)]
+    Matching(#[from] clip_vis_matching::MatchError),
+    /// A vocabulary that cannot be used (empty, blank entries, unreadable file).
+    #[error(transparent)]
+    Vocabulary(#[from] clip_vis_classification::VocabularyError),
+    /// A video frame that cannot be used (size differs from the first frame, non-finite
+    /// model outputs, ...), counted from 0 in the order given.
+    #[error("frame {frame}: {message}")]
+    Frame {
+        /// Frame index.
+        frame: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A video without frames.
+    #[error("{0}: the video has no frames")]
+    NoFrames(String),
     /// A bad argument or value from the user.
     #[error("{0}")]
     Usage(String),

@@ -23,8 +23,10 @@
 //! # Ok::<(), clip_vis::Error>(())
 //! ```
 
+pub use clip_vis_classification as classification;
 pub use clip_vis_clip as clip;
 pub use clip_vis_eval as eval;
+pub use clip_vis_matching as matching;
 pub use clip_vis_model as model;
 
 pub mod backend;
@@ -33,6 +35,7 @@ mod error;
 #[cfg(feature = "fetch")]
 pub mod fetch;
 pub mod image_io;
+pub mod video;
 
 pub use error::{Error, Result};
 

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! clip-vis demo
+//! clip-vis segment --weights clipvis_lvis_r50_7.pth --vocab "cat,dog,hard drive" --video cat.mp4 --out out/
 //! clip-vis zero-shot --clip RN50.safetensors --image cat.jpg --labels "cat,dog,hard drive"
 //! clip-vis weights fetch RN50            (with --features fetch)
 //! ```
@@ -16,6 +17,9 @@ use clip_vis::{Error, Result};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[path = "cli/segment.rs"]
+mod segment;
+
 /// Open-vocabulary video instance segmentation (CLIP-VIS) in pure Rust.
 #[derive(Debug, Parser)]
 #[command(name = "clip-vis", version, about)]
@@ -26,12 +30,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the whole CLIP path on a built-in tiny model with random weights (no files needed).
-    Demo {
-        /// Comma-separated labels to classify the synthetic picture with.
-        #[arg(long, default_value = "red disc,blue square,green grass")]
-        labels: String,
-    },
+    /// Run the whole video pipeline on a built-in tiny model with random weights and a synthetic
+    /// video (no files needed); writes what `segment` writes.
+    Demo(segment::DemoArgs),
+    /// Segment, track and name every object of a video (or a dataset split) with your own
+    /// vocabulary; writes results.json, results.zip and pictures.
+    Segment(segment::SegmentArgs),
     /// Classify an image against labels typed on the command line (CLIP zero-shot).
     ZeroShot {
         /// CLIP weights: an open_clip checkpoint as published, or a `weights-convert` output.
@@ -149,7 +153,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Demo { labels } => demo(&labels),
+        Command::Demo(args) => segment::demo(args),
+        Command::Segment(args) => segment::segment(args),
         Command::ZeroShot {
             clip,
             image,
@@ -204,35 +209,6 @@ fn parse_labels(labels: &str) -> Result<Vec<String>> {
         )));
     }
     Ok(parsed)
-}
-
-fn demo(labels: &str) -> Result<()> {
-    let labels = parse_labels(labels)?;
-    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-    eprintln!(
-        "clip-vis demo: a tiny built-in CLIP with RANDOM weights on the {} backend.\n\
-         It runs the real tokenizer, prompt ensemble, image tower and dense mask pooling,\n\
-         but its probabilities mean nothing. For real results get weights (see README) and run\n\
-         `clip-vis zero-shot --clip <weights> --image <file> --labels ...`.",
-        backend::name()
-    );
-    let device = Default::default();
-    let report = clip_vis::demo::run::<backend::Default>(&labels, &device)?;
-    let picture = clip_vis::demo::synthetic_picture();
-    let padded = |side: usize| side.div_ceil(32) * 32;
-    println!(
-        "synthetic picture {}x{} -> padded {}x{}",
-        picture.width,
-        picture.height,
-        padded(picture.width),
-        padded(picture.height)
-    );
-    for (level, shape) in report.feature_shapes.iter().enumerate() {
-        println!("  res{}: {:?} (stride {})", level + 2, shape, 4 << level);
-    }
-    println!("  mask-pooled embeddings: {:?}", report.dense_shape);
-    print_table(&labels, &report.zero_shot);
-    Ok(())
 }
 
 fn print_table<S: AsRef<str>>(labels: &[S], result: &clip_vis::ZeroShot) {

@@ -106,6 +106,40 @@ pub fn resize_and_center_crop(image: &RgbImage, image_size: usize) -> RgbImage {
 /// by more than twice as many pixels as the width (earlier Pillows always start horizontally;
 /// the two orders differ in the last bit of some pixels).
 pub fn resize_bicubic(image: &RgbImage, new_width: usize, new_height: usize) -> RgbImage {
+    resize_pil(image, new_width, new_height, Filter::Bicubic)
+}
+
+/// PIL's `Image.resize(..., BILINEAR)` on 8-bit RGB (Pillow 13), the resize detectron2's
+/// `ResizeShortestEdge` applies to video frames: the triangle filter (support 1, widened by the
+/// scale when shrinking), otherwise exactly as [`resize_bicubic`].
+pub fn resize_bilinear(image: &RgbImage, new_width: usize, new_height: usize) -> RgbImage {
+    resize_pil(image, new_width, new_height, Filter::Bilinear)
+}
+
+/// A PIL resampling filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Filter {
+    Bilinear,
+    Bicubic,
+}
+
+impl Filter {
+    fn support(self) -> f64 {
+        match self {
+            Filter::Bilinear => 1.0,
+            Filter::Bicubic => 2.0,
+        }
+    }
+
+    fn weight(self, x: f64) -> f64 {
+        match self {
+            Filter::Bilinear => (1.0 - x.abs()).max(0.0),
+            Filter::Bicubic => bicubic_kernel(x),
+        }
+    }
+}
+
+fn resize_pil(image: &RgbImage, new_width: usize, new_height: usize, filter: Filter) -> RgbImage {
     let shrink_height = image.height as i64 - new_height as i64;
     let shrink_width = image.width as i64 - new_width as i64;
     let vertical_first = shrink_height > 0 && shrink_height > 2 * shrink_width;
@@ -118,7 +152,7 @@ pub fn resize_bicubic(image: &RgbImage, new_width: usize, new_height: usize) -> 
         if from == to {
             image.clone()
         } else {
-            resample_axis(image, to, horizontal)
+            resample_axis(image, to, horizontal, filter)
         }
     };
     let first = pass(image, !vertical_first);
@@ -142,11 +176,10 @@ fn bicubic_kernel(x: f64) -> f64 {
 
 /// PIL `precompute_coeffs` + `normalize_coeffs_8bpc`: for each output index, the first input
 /// index and fixed-point weights.
-fn coefficients(input: usize, output: usize) -> Vec<(usize, Vec<i64>)> {
-    const SUPPORT: f64 = 2.0;
+fn coefficients(input: usize, output: usize, filter: Filter) -> Vec<(usize, Vec<i64>)> {
     let scale = input as f64 / output as f64;
     let filter_scale = scale.max(1.0);
-    let support = SUPPORT * filter_scale;
+    let support = filter.support() * filter_scale;
     (0..output)
         .map(|i| {
             let center = (i as f64 + 0.5) * scale;
@@ -154,7 +187,7 @@ fn coefficients(input: usize, output: usize) -> Vec<(usize, Vec<i64>)> {
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
             let xmax = (((center + support + 0.5) as i64).min(input as i64) as usize).max(xmin);
             let mut weights: Vec<f64> = (xmin..xmax)
-                .map(|x| bicubic_kernel((x as f64 - center + 0.5) * ss))
+                .map(|x| filter.weight((x as f64 - center + 0.5) * ss))
                 .collect();
             let total: f64 = weights.iter().sum();
             if total != 0.0 {
@@ -177,10 +210,10 @@ fn coefficients(input: usize, output: usize) -> Vec<(usize, Vec<i64>)> {
         .collect()
 }
 
-fn resample_axis(image: &RgbImage, new_size: usize, horizontal: bool) -> RgbImage {
+fn resample_axis(image: &RgbImage, new_size: usize, horizontal: bool, filter: Filter) -> RgbImage {
     let (width, height) = (image.width, image.height);
     let input = if horizontal { width } else { height };
-    let coefficients = coefficients(input, new_size);
+    let coefficients = coefficients(input, new_size, filter);
     let (out_width, out_height) = if horizontal {
         (new_size, height)
     } else {

@@ -1,0 +1,450 @@
+//! `clip-vis segment` and `clip-vis demo`: videos in, results.json and pictures out.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+use clip_vis::backend;
+use clip_vis::classification::{BuiltinVocabulary, ClassifierCache, ScoreWeights, Vocabulary};
+use clip_vis::matching::{MatchConfig, Strategy};
+use clip_vis::model::ClipVis;
+use clip_vis::video::frames::{decode_video, list_frames, read_frame};
+use clip_vis::video::render::{render_video, RenderOptions};
+use clip_vis::video::results::{records, write_json, write_zip, ResultRecord};
+use clip_vis::video::{StageTimings, Track, VideoConfig, VideoSession};
+use clip_vis::{Error, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Deserialize;
+
+type B = backend::Default;
+
+/// Matching strategies of the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum MatchingName {
+    /// CLIP-VIS temporal top-K enhanced matching.
+    Topk,
+    /// MinVIS: previous frame only.
+    Adjacent,
+    /// OV2Seg-style: all previous frames aggregated.
+    Longterm,
+}
+
+/// Options shared by `segment` and `demo`.
+#[derive(Debug, Args)]
+pub struct PipelineArgs {
+    /// Memory length T of top-K matching.
+    #[arg(long, default_value_t = 9)]
+    pub memory_frames: usize,
+    /// K of top-K matching (the paper's best is 3; the released checkpoints used 5).
+    #[arg(long, default_value_t = 3)]
+    pub topk_frames: usize,
+    /// Matching strategy.
+    #[arg(long, value_enum, default_value = "topk")]
+    pub matching: MatchingName,
+    /// (track, category) pairs kept per video.
+    #[arg(long, default_value_t = 50)]
+    pub detections: usize,
+    /// Frames are resized to this short side ...
+    #[arg(long, default_value_t = 480)]
+    pub short_side: usize,
+    /// ... with the long side at most this.
+    #[arg(long, default_value_t = 1333)]
+    pub max_side: usize,
+    /// Frames per model batch.
+    #[arg(long, default_value_t = 10)]
+    pub chunk: usize,
+    /// Do not weight the CLIP probability by the predicted mask IoU (ablation).
+    #[arg(long)]
+    pub no_iou_weight: bool,
+    /// Do not weight by the object probability (ablation).
+    #[arg(long)]
+    pub no_object_weight: bool,
+    /// Skip the pictures (PNG frames, GIF, MP4).
+    #[arg(long)]
+    pub no_pictures: bool,
+    /// Draw at most this many tracks in the pictures.
+    #[arg(long, default_value_t = 10)]
+    pub show: usize,
+    /// Print the peak resident memory at the end (Linux).
+    #[arg(long, hide = true)]
+    pub report_peak_memory: bool,
+}
+
+impl PipelineArgs {
+    fn config(&self) -> VideoConfig {
+        let strategy = match self.matching {
+            MatchingName::Topk => Strategy::TopK(MatchConfig {
+                memory_frames: self.memory_frames,
+                topk_frames: self.topk_frames,
+            }),
+            MatchingName::Adjacent => Strategy::Adjacent,
+            MatchingName::Longterm => Strategy::LongTerm,
+        };
+        VideoConfig {
+            strategy,
+            detections: self.detections,
+            weights: ScoreWeights {
+                use_iou: !self.no_iou_weight,
+                use_object: !self.no_object_weight,
+            },
+            short_side: self.short_side,
+            max_side: self.max_side,
+            chunk: self.chunk,
+            ..VideoConfig::default()
+        }
+    }
+}
+
+/// `clip-vis segment`.
+#[derive(Debug, Args)]
+pub struct SegmentArgs {
+    /// CLIP-VIS weights: a `weights-convert` output or a released detectron2 `.pth`.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Categories, comma-separated; `|` joins synonyms (`"cat,dog|puppy,hard drive"`).
+    #[arg(long, group = "vocabulary")]
+    pub vocab: Option<String>,
+    /// Categories from a file: one per line, or a dataset json's `categories`.
+    #[arg(long, group = "vocabulary")]
+    pub vocab_file: Option<PathBuf>,
+    /// A built-in vocabulary: lvvis, ytvis19, ytvis21, ovis, coco, lvis.
+    #[arg(long, group = "vocabulary")]
+    pub dataset: Option<String>,
+    /// A folder of frames (sorted by name).
+    #[arg(long, group = "input")]
+    pub frames: Option<PathBuf>,
+    /// A video file (decoded with the system ffmpeg).
+    #[arg(long, group = "input")]
+    pub video: Option<PathBuf>,
+    /// A whole split in YTVIS layout: the dataset json (`videos` with `file_names`) ...
+    #[arg(long, group = "input", requires = "frames_root")]
+    pub dataset_json: Option<PathBuf>,
+    /// ... and the folder its `file_names` are relative to.
+    #[arg(long)]
+    pub frames_root: Option<PathBuf>,
+    /// The video id written for a single video.
+    #[arg(long, default_value_t = 1)]
+    pub video_id: u64,
+    /// Output folder: results.json, results.zip, pictures.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+}
+
+#[derive(Debug, Deserialize)]
+struct SplitVideo {
+    id: u64,
+    file_names: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Split {
+    videos: Vec<SplitVideo>,
+}
+
+fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        file: dir.to_path_buf(),
+        source,
+    })
+}
+
+fn vocabulary(args: &SegmentArgs) -> Result<Vocabulary> {
+    Ok(if let Some(list) = &args.vocab {
+        Vocabulary::from_list(list)?
+    } else if let Some(file) = &args.vocab_file {
+        Vocabulary::from_file(file)?
+    } else if let Some(name) = &args.dataset {
+        Vocabulary::builtin(name.parse::<BuiltinVocabulary>()?)
+    } else if let Some(json) = &args.dataset_json {
+        Vocabulary::from_file(json)?
+    } else {
+        return Err(Error::Usage(
+            "give the categories: --vocab \"a,b,c\", --vocab-file <file> or --dataset <name>"
+                .into(),
+        ));
+    })
+}
+
+/// Prints per-stage milliseconds per frame.
+fn print_timings(timings: &StageTimings) {
+    let frames = timings.frames.max(1) as f64;
+    let total: f64 = timings.stages().iter().map(|(_, d)| d.as_secs_f64()).sum();
+    eprintln!(
+        "clip-vis: {} frames, {:.1} ms per frame:",
+        timings.frames,
+        1000.0 * total / frames
+    );
+    for (name, duration) in timings.stages() {
+        eprintln!(
+            "  {name:<20} {:>9.2} ms/frame",
+            1000.0 * duration.as_secs_f64() / frames
+        );
+    }
+}
+
+fn peak_memory_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// One video through a session; frames are read from disk one at a time.
+fn run_video(
+    model: &ClipVis<B>,
+    cache: &mut ClassifierCache<B>,
+    vocabulary: &Vocabulary,
+    config: &VideoConfig,
+    paths: &[PathBuf],
+    progress: Option<&ProgressBar>,
+) -> Result<(Vec<Track>, StageTimings)> {
+    let device = Default::default();
+    let classifier = cache
+        .get(&model.clip, vocabulary, config.templates)?
+        .clone();
+    let mut session = VideoSession::new(
+        model,
+        classifier,
+        vocabulary.clone(),
+        config.clone(),
+        &device,
+    )?;
+    for (index, path) in paths.iter().enumerate() {
+        session.push(read_frame(path, index)?)?;
+        if let Some(bar) = progress {
+            bar.inc(1);
+        }
+    }
+    session.finish()
+}
+
+fn bar(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} {{pos}}/{{len}} [{{elapsed_precise}} < {{eta_precise}}] {{bar:30}}"
+        ))
+        .expect("valid template"),
+    );
+    bar
+}
+
+fn write_outputs(out: &Path, records: &[ResultRecord]) -> Result<()> {
+    write_json(&out.join("results.json"), records)?;
+    write_zip(&out.join("results.zip"), records)?;
+    eprintln!(
+        "clip-vis: wrote {} and {} ({} detections)",
+        out.join("results.json").display(),
+        out.join("results.zip").display(),
+        records.len()
+    );
+    Ok(())
+}
+
+fn print_tracks(tracks: &[Track], limit: usize) {
+    println!("{:>7}  {:>7}  {:>5}  category", "score", "S", "track");
+    for track in tracks.iter().take(limit) {
+        println!(
+            "{:>7.4}  {:>7.4}  {:>5}  {}",
+            track.score, track.video_score, track.query, track.category
+        );
+    }
+}
+
+fn pictures(out: &Path, paths: &[PathBuf], tracks: &[Track], args: &PipelineArgs) -> Result<()> {
+    let options = RenderOptions {
+        max_tracks: args.show,
+        ..RenderOptions::default()
+    };
+    let files = render_video(
+        paths.len(),
+        |i| read_frame(&paths[i], i),
+        tracks,
+        out,
+        &options,
+    )?;
+    eprintln!(
+        "clip-vis: pictures in {}{}{}",
+        files.frames_dir.display(),
+        files
+            .gif
+            .map(|p| format!(", {}", p.display()))
+            .unwrap_or_default(),
+        files
+            .mp4
+            .map(|p| format!(", {}", p.display()))
+            .unwrap_or_else(|| " (no ffmpeg: no MP4)".into()),
+    );
+    Ok(())
+}
+
+/// Runs `clip-vis segment`.
+pub fn segment(args: SegmentArgs) -> Result<()> {
+    let config = args.pipeline.config();
+    config.validate()?;
+    let vocabulary = vocabulary(&args)?;
+    create_dir(&args.out)?;
+    let started = Instant::now();
+    eprintln!(
+        "clip-vis: loading {} ({} backend)",
+        args.weights.display(),
+        backend::name()
+    );
+    let device = Default::default();
+    let model = ClipVis::<B>::from_file(&args.weights, &device)?;
+    eprintln!(
+        "clip-vis: model loaded in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let mut cache = ClassifierCache::new();
+    let t = Instant::now();
+    cache.get(&model.clip, &vocabulary, config.templates)?;
+    eprintln!(
+        "clip-vis: text classifier for {} categories in {:.1} s",
+        vocabulary.len(),
+        t.elapsed().as_secs_f64()
+    );
+
+    if let Some(json) = &args.dataset_json {
+        let root = args
+            .frames_root
+            .as_ref()
+            .expect("clap requires --frames-root");
+        let text = std::fs::read_to_string(json).map_err(|source| Error::Io {
+            file: json.clone(),
+            source,
+        })?;
+        let split: Split = serde_json::from_str(&text).map_err(|e| {
+            Error::Usage(format!(
+                "{}: not a YTVIS-layout dataset json: {e}",
+                json.display()
+            ))
+        })?;
+        let total: usize = split.videos.iter().map(|v| v.file_names.len()).sum();
+        let progress = bar(total, "frames");
+        let mut all = Vec::new();
+        let mut timings = StageTimings::default();
+        for video in &split.videos {
+            let paths: Vec<PathBuf> = video.file_names.iter().map(|f| root.join(f)).collect();
+            if paths.is_empty() {
+                return Err(Error::NoFrames(format!(
+                    "{} video {}",
+                    json.display(),
+                    video.id
+                )));
+            }
+            let (tracks, t) = run_video(
+                &model,
+                &mut cache,
+                &vocabulary,
+                &config,
+                &paths,
+                Some(&progress),
+            )?;
+            timings.add(&t);
+            all.extend(records(video.id, &tracks));
+        }
+        progress.finish_and_clear();
+        write_outputs(&args.out, &all)?;
+        print_timings(&timings);
+    } else {
+        let decoded;
+        let paths = if let Some(dir) = &args.frames {
+            list_frames(dir)?
+        } else if let Some(video) = &args.video {
+            decoded = decode_video(video)?;
+            decoded.frames.clone()
+        } else {
+            return Err(Error::Usage("give the input: --frames <dir>, --video <file> or --dataset-json with --frames-root".into()));
+        };
+        let progress = bar(paths.len(), "frames");
+        let (tracks, timings) = run_video(
+            &model,
+            &mut cache,
+            &vocabulary,
+            &config,
+            &paths,
+            Some(&progress),
+        )?;
+        progress.finish_and_clear();
+        write_outputs(&args.out, &records(args.video_id, &tracks))?;
+        print_tracks(&tracks, 10);
+        if !args.pipeline.no_pictures {
+            pictures(&args.out, &paths, &tracks, &args.pipeline)?;
+        }
+        print_timings(&timings);
+    }
+    if args.pipeline.report_peak_memory {
+        if let Some(kib) = peak_memory_kib() {
+            println!("peak_rss_kib {kib}");
+        }
+    }
+    Ok(())
+}
+
+/// `clip-vis demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Categories (comma-separated, `|` for synonyms).
+    #[arg(long, default_value = "red disc,blue square,yellow bar,green grass")]
+    pub vocab: String,
+    /// Frames of the synthetic video.
+    #[arg(long, default_value_t = 12)]
+    pub frames: usize,
+    /// Output folder.
+    #[arg(long, default_value = "clip-vis-demo")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+}
+
+/// Runs `clip-vis demo`: the whole video pipeline on a built-in tiny model with random weights
+/// and a synthetic video, writing everything `segment` writes.
+pub fn demo(mut args: DemoArgs) -> Result<()> {
+    eprintln!(
+        "clip-vis demo: a tiny built-in CLIP-VIS with RANDOM weights on the {} backend, on a\n\
+         synthetic {}-frame video. It runs the real pipeline (CLIP towers, pixel decoder,\n\
+         transformer decoder, top-K matching, weighted open-vocabulary scoring, RLE outputs),\n\
+         but its tracks and scores mean nothing. For real results convert released weights\n\
+         (see README) and run `clip-vis segment --weights <file> --vocab ... --video <file>`.",
+        backend::name(),
+        args.frames
+    );
+    if args.frames == 0 {
+        return Err(Error::NoFrames("--frames 0".into()));
+    }
+    if args.pipeline.short_side == 480 {
+        // The tiny model needs no 480p input; keep the demo quick.
+        args.pipeline.short_side = 160;
+    }
+    let config = args.pipeline.config();
+    let vocabulary = Vocabulary::from_list(&args.vocab)?;
+    create_dir(&args.out)?;
+    let device = Default::default();
+    let model = clip_vis::demo::tiny_video_model::<B>(&device)?;
+    let frames_dir = args.out.join("input");
+    create_dir(&frames_dir)?;
+    let mut paths = Vec::new();
+    for index in 0..args.frames {
+        let frame = clip_vis::demo::synthetic_frame(index, 240, 180);
+        let path = frames_dir.join(format!("{index:06}.png"));
+        image::RgbImage::from_raw(frame.width as u32, frame.height as u32, frame.pixels)
+            .expect("consistent size")
+            .save(&path)
+            .map_err(|e| Error::Image {
+                file: path.clone(),
+                message: e.to_string(),
+            })?;
+        paths.push(path);
+    }
+    let mut cache = ClassifierCache::new();
+    let (tracks, timings) = run_video(&model, &mut cache, &vocabulary, &config, &paths, None)?;
+    write_outputs(&args.out, &records(1, &tracks))?;
+    print_tracks(&tracks, 10);
+    if !args.pipeline.no_pictures {
+        pictures(&args.out, &paths, &tracks, &args.pipeline)?;
+    }
+    print_timings(&timings);
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! Video inference (SPEC §6): a streaming [`VideoSession`], whole-video [`segment_video`], and
+//! the outputs: YTVIS/LV-VIS results json ([`results`]), pictures ([`render`]) and frame input
+//! ([`frames`]).
+
+pub mod frames;
+pub mod masks;
+pub mod render;
+pub mod results;
+mod session;
+pub mod spill;
+
+use std::path::PathBuf;
+
+use burn::tensor::backend::Backend;
+use clip_vis_classification::{ClassifierCache, ScoreWeights, Vocabulary};
+use clip_vis_clip::preprocess::RgbImage;
+use clip_vis_clip::zero_shot::Templates;
+use clip_vis_matching::{MatchConfig, Strategy};
+use clip_vis_model::ClipVis;
+use hotcoco::Rle;
+
+pub use session::{StageTimings, VideoSession};
+
+use crate::{Error, Result};
+
+/// How a video is segmented. The default is the paper's setting (T = 9, K = 3, 50 detections,
+/// short side 480); [`VideoConfig::released`] is what the released checkpoints were evaluated
+/// with (K = 5).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VideoConfig {
+    /// Temporal matching strategy (top-K with T and K, or a baseline).
+    pub strategy: Strategy,
+    /// (track, category) pairs kept per video (`TEST.DETECTIONS_PER_IMAGE`, 50).
+    pub detections: usize,
+    /// Which terms weight the CLIP probability.
+    pub weights: ScoreWeights,
+    /// Prompt templates for the text classifier.
+    pub templates: Templates,
+    /// Frames are resized so their short side is this (480) ...
+    pub short_side: usize,
+    /// ... unless the long side would exceed this (1333).
+    pub max_side: usize,
+    /// Frames per model batch (the reference runs windows of 10).
+    pub chunk: usize,
+    /// Where the per-frame spill file goes (the system temporary directory by default).
+    pub spill_dir: Option<PathBuf>,
+}
+
+impl Default for VideoConfig {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::TopK(MatchConfig::PAPER),
+            detections: 50,
+            weights: ScoreWeights::default(),
+            templates: Templates::Vild,
+            short_side: 480,
+            max_side: 1333,
+            chunk: 10,
+            spill_dir: None,
+        }
+    }
+}
+
+impl VideoConfig {
+    /// The released evaluation setting: T = 9, K = 5.
+    pub fn released() -> Self {
+        Self {
+            strategy: Strategy::TopK(MatchConfig::RELEASED),
+            ..Self::default()
+        }
+    }
+
+    /// Checks the values can run.
+    pub fn validate(&self) -> Result<()> {
+        if self.detections == 0 {
+            return Err(Error::Usage("detections must be at least 1".into()));
+        }
+        if self.short_side == 0 || self.max_side == 0 {
+            return Err(Error::Usage(
+                "the frame size limits must be positive".into(),
+            ));
+        }
+        if self.chunk == 0 {
+            return Err(Error::Usage("the frame chunk must be at least 1".into()));
+        }
+        if let Strategy::TopK(config) = self.strategy {
+            config.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// One named object through the video.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Track {
+    /// The query (track) index.
+    pub query: usize,
+    /// The 0-based category index in the vocabulary.
+    pub label: usize,
+    /// The category id written to results (1-based position, or the dataset's id).
+    pub category_id: u64,
+    /// The category name.
+    pub category: String,
+    /// The final score: video score × mask score.
+    pub score: f32,
+    /// The video score `S` of the (track, category) pair.
+    pub video_score: f32,
+    /// One mask per frame at the original frame size (empty where the frame was pruned).
+    pub masks: Vec<Rle>,
+}
+
+/// detectron2's `ResizeShortestEdge` output size `(height, width)`: short side to `short`,
+/// long side capped at `max`, each rounded with `int(x + 0.5)`.
+pub fn resized_size(height: usize, width: usize, short: usize, max: usize) -> (usize, usize) {
+    let (h, w) = (height as f64, width as f64);
+    let scale = short as f64 / h.min(w);
+    let (mut new_h, mut new_w) = if h < w {
+        (short as f64, scale * w)
+    } else {
+        (scale * h, short as f64)
+    };
+    if new_h.max(new_w) > max as f64 {
+        let rescale = max as f64 / new_h.max(new_w);
+        new_h *= rescale;
+        new_w *= rescale;
+    }
+    ((new_h + 0.5) as usize, (new_w + 0.5) as usize)
+}
+
+/// Segments a whole video in one call: builds (or reuses from `cache`) the text classifier of
+/// `vocabulary`, streams `frames` through a [`VideoSession`] and returns the tracks.
+pub fn segment_video<B: Backend>(
+    model: &ClipVis<B>,
+    cache: &mut ClassifierCache<B>,
+    vocabulary: &Vocabulary,
+    frames: impl IntoIterator<Item = RgbImage>,
+    config: &VideoConfig,
+    device: &B::Device,
+) -> Result<(Vec<Track>, StageTimings)> {
+    let classifier = cache
+        .get(&model.clip, vocabulary, config.templates)?
+        .clone();
+    let mut session = VideoSession::new(
+        model,
+        classifier,
+        vocabulary.clone(),
+        config.clone(),
+        device,
+    )?;
+    session.push_all(frames)?;
+    session.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resized_size_follows_detectron2() {
+        assert_eq!(resized_size(720, 1280, 480, 1333), (480, 853));
+        assert_eq!(resized_size(44, 60, 64, 1333), (64, 87));
+        assert_eq!(resized_size(1280, 720, 480, 1333), (853, 480));
+        // The long side is capped: 480 x 2400 would exceed 1333.
+        assert_eq!(resized_size(100, 500, 480, 1333), (267, 1333));
+    }
+}
