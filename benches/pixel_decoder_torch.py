@@ -71,13 +71,18 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def make_block(preset, height, width):
-    """Configures the reference module for `preset` and returns a zero-argument callable."""
+def build_params(preset, height, width, gen):
+    """Configures the reference module for `preset` at height x width; returns its random params."""
     gpd.PD.update(FULL)
     gpd.PD["in_channels"] = dict(zip(FEATURES, PRESETS[preset]))
     gpd.PD["image_hw"] = (height, width)
+    return gpd.pd_params(gen)
+
+
+def make_block(preset, height, width):
+    """Configures the reference module for `preset` and returns a zero-argument callable."""
     gen = torch.Generator().manual_seed(20240703)
-    params = gpd.pd_params(gen)
+    params = build_params(preset, height, width, gen)
     feats = {}
     for f in FEATURES:
         s = STRIDES[f]

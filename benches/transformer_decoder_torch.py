@@ -69,20 +69,26 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def make_block(layers, height, width):
-    """Configures the reference module for `layers` layers and a height x width frame; returns a
-    zero-argument callable running one decoder forward."""
+def build_model(layers, height, width, gen):
+    """Configures the reference module for `layers` layers and a height x width frame; returns the
+    decoder (random params drawn from `gen`, float32, eval) and its params."""
     gtd.TD.update(FULL)
     gtd.TD["dec_layers_cfg"] = layers + 1  # from_config: dec_layers = DEC_LAYERS - 1
     gtd.TD["layers"] = layers
     gtd.TD["image_hw"] = (height, width)
-    gen = torch.Generator().manual_seed(SEED)
     params = gtd.make_params(gen)
-    inputs = gtd.make_inputs(gen)
     model = gtd.Decoder().float().eval()
     if sorted(model.state_dict().keys()) != sorted(gtd.official_key_names()):
         raise SystemExit("decoder key set differs from the official predictor key set")
     model.load_state_dict(params, strict=True)
+    return model, params
+
+
+def make_block(layers, height, width):
+    """Returns a zero-argument callable running one decoder forward (see build_model)."""
+    gen = torch.Generator().manual_seed(SEED)
+    model, params = build_model(layers, height, width, gen)
+    inputs = gtd.make_inputs(gen)
     feats = [inputs[f"multi_scale_{l}"] for l in range(gtd.TD["levels"])]
     mask_features = inputs["mask_features"]
     n_params = sum(v.numel() for v in params.values())

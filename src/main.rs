@@ -142,7 +142,7 @@ fn main() -> ExitCode {
                 eprintln!("  caused by: {cause}");
                 source = cause.source();
             }
-            ExitCode::from(if matches!(error, Error::Usage(_)) {
+            ExitCode::from(if matches!(error, Error::Usage(_) | Error::Vocabulary(_)) {
                 2
             } else {
                 1

@@ -60,15 +60,24 @@ fn stderr(output: &Output) -> String {
 }
 
 #[test]
-fn demo_runs_and_says_its_weights_are_random() {
-    let output = clip_vis(&["demo"]);
+fn demo_runs_the_video_pipeline_and_says_its_weights_are_random() {
+    let dir = scratch("demo");
+    let out = dir.join("out");
+    let output = clip_vis(&["demo", "--out", out.to_str().unwrap(), "--frames", "6"]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(stderr(&output).contains("RANDOM weights"));
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        stdout.contains("red disc") && stdout.contains("res5"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("category"), "{stdout}");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let records = results.as_array().unwrap();
+    assert_eq!(records.len(), 50);
+    assert!(records
+        .iter()
+        .all(|r| r["segmentations"].as_array().unwrap().len() == 6));
+    assert!(out.join("results.zip").is_file() && out.join("video.gif").is_file());
+    assert_eq!(std::fs::read_dir(out.join("frames")).unwrap().count(), 6);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -1,6 +1,28 @@
 //! Video inference (SPEC §6): a streaming [`VideoSession`], whole-video [`segment_video`], and
 //! the outputs: YTVIS/LV-VIS results json ([`results`]), pictures ([`render`]) and frame input
 //! ([`frames`]).
+//!
+//! ```no_run
+//! use clip_vis::backend::Cpu;
+//! use clip_vis::classification::{ClassifierCache, Vocabulary};
+//! use clip_vis::model::ClipVis;
+//! use clip_vis::video::{VideoConfig, VideoSession};
+//!
+//! let device = Default::default();
+//! let model = ClipVis::<Cpu>::from_file("clipvis_lvis_r50_7.pth", &device)?;
+//! let vocabulary = Vocabulary::from_list("cat, dog|puppy, hard drive")?;
+//! let mut cache = ClassifierCache::new(); // one text classifier per vocabulary, reused
+//! let classifier = cache.get(&model.clip, &vocabulary, Default::default())?.clone();
+//! let mut session = VideoSession::new(&model, classifier, vocabulary, VideoConfig::default(), &device)?;
+//! for path in clip_vis::video::frames::list_frames(std::path::Path::new("frames/"))? {
+//!     session.push(clip_vis::image_io::read_rgb(&path)?)?; // frames stream in; memory stays flat
+//! }
+//! let (tracks, timings) = session.finish()?;
+//! for track in &tracks {
+//!     println!("{} {:.3} ({} masks)", track.category, track.score, track.masks.len());
+//! }
+//! # Ok::<(), clip_vis::Error>(())
+//! ```
 
 pub mod frames;
 pub mod masks;

@@ -139,7 +139,7 @@ fn draw_label(image: &mut RgbImage, y: usize, x: usize, color: [u8; 3], text: &s
             if py >= h || px >= w {
                 continue;
             }
-            let glyph_on = dy >= 1 && dy < 9 && dx >= 1 && dx < box_w - 1 && {
+            let glyph_on = (1..9).contains(&dy) && (1..box_w - 1).contains(&dx) && {
                 let g = glyphs[(dx - 1) / 8];
                 g[dy - 1] >> ((dx - 1) % 8) & 1 == 1
             };

@@ -61,8 +61,8 @@ pub fn frame_score(probability: f32, object_logits: &[f32]) -> f32 {
 
 /// Whether a frame keeps its mask: its score is not below a tenth of the pair's video score.
 pub fn keeps_frame(frame_score: f32, video_score: f32) -> bool {
-    // `!(a < b)` rather than `a >= b`: a NaN score keeps the frame, as the reference does.
-    !(frame_score < video_score * 0.1)
+    // Pruned only when strictly below; a NaN score keeps the frame, as the reference does.
+    frame_score.partial_cmp(&(video_score * 0.1)) != Some(std::cmp::Ordering::Less)
 }
 
 /// Running sums over one track's stride-4 mask logits, for the mask score

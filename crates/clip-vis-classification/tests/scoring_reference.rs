@@ -11,7 +11,7 @@ const FIXTURE: &str = concat!(
     "/tests/fixtures/scoring_cases.safetensors"
 );
 
-fn raw<'a>(st: &'a SafeTensors, name: &str) -> Vec<u8> {
+fn raw(st: &SafeTensors, name: &str) -> Vec<u8> {
     st.tensor(name)
         .unwrap_or_else(|_| panic!("missing {name}"))
         .data()

@@ -6,7 +6,7 @@ use crate::{MatchError, Result};
 /// scaled to unit length (`x / ‖x‖`, as the reference divides by the norm), plus the number of
 /// queries. A NaN/infinite value or a zero row is an error naming `frame` and the query.
 pub fn normalized_rows(embeddings: &[f32], dim: usize, frame: usize) -> Result<(Vec<f32>, usize)> {
-    if dim == 0 || embeddings.is_empty() || embeddings.len() % dim != 0 {
+    if dim == 0 || embeddings.is_empty() || !embeddings.len().is_multiple_of(dim) {
         return Err(MatchError::Shape {
             frame,
             message: format!(

@@ -2,7 +2,7 @@
 //! (the official `match_from_vote_embds` loop, MinVIS adjacent matching and our long-term
 //! aggregate) on random and constructed embedding sequences: identical permutations.
 
-use clip_vis_matching::{MatchConfig, Strategy, TemporalMatcher};
+use clip_vis_matching::{MatchConfig, Strategy};
 use safetensors::SafeTensors;
 
 const FIXTURE: &str = concat!(
