@@ -55,7 +55,7 @@ fn session_timings(
             .push(clip_vis::demo::synthetic_frame(i, WIDTH, HEIGHT))
             .unwrap();
     }
-    session.finish().unwrap().1
+    session.finish().unwrap().timings
 }
 
 fn pipeline(preset: &str) {

@@ -165,6 +165,18 @@ pub fn tiny_video_model<B: Backend>(device: &B::Device) -> Result<clip_vis_model
     )?)
 }
 
+/// Any CLIP-VIS architecture with seeded random weights (the demo's full-size presets).
+pub fn random_model<B: Backend>(
+    config: &clip_vis_model::ClipVisConfig,
+    device: &B::Device,
+) -> Result<clip_vis_model::ClipVis<B>> {
+    Ok(clip_vis_model::ClipVis::load(
+        &tiny_video_store(),
+        config,
+        device,
+    )?)
+}
+
 /// Writes the tiny video model as a converted clip-vis weights file (what `weights-convert`
 /// produces), for `clip-vis segment --weights` in tests and benchmarks.
 pub fn write_tiny_video_weights(path: &std::path::Path) -> Result<()> {

@@ -28,6 +28,8 @@ pub use clip_vis_clip as clip;
 pub use clip_vis_eval as eval;
 pub use clip_vis_matching as matching;
 pub use clip_vis_model as model;
+/// COCO RLE codecs (the masks of results are `hotcoco::Rle`).
+pub use hotcoco;
 
 pub mod backend;
 pub mod demo;

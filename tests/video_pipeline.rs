@@ -11,7 +11,7 @@ use clip_vis::clip::zero_shot::{l2_normalize, TextClassifier};
 use clip_vis::clip::TensorStore;
 use clip_vis::matching::{MatchConfig, Strategy};
 use clip_vis::model::{ClipVis, ClipVisConfig};
-use clip_vis::video::results::records;
+use clip_vis::video::results::{records, ResultsWriter};
 use clip_vis::video::{VideoConfig, VideoSession};
 use safetensors::SafeTensors;
 
@@ -108,8 +108,21 @@ fn check(k: usize) {
             .push(clip_vis::image_io::read_rgb(&dir.join(format!("frame_{f:03}.png"))).unwrap())
             .unwrap();
     }
-    let (tracks, _) = session.finish().unwrap();
+    let mut finished = session.finish().unwrap();
+    // The streaming writer (what `segment` uses) and the in-memory records agree.
+    let path = std::env::temp_dir().join(format!(
+        "clip-vis-video-pipeline-{}-k{k}.json",
+        std::process::id()
+    ));
+    let mut writer = ResultsWriter::create(&path).unwrap();
+    writer.write_video(1, &mut finished).unwrap();
+    writer.finish().unwrap();
+    let streamed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let tracks = finished.into_tracks().unwrap();
     let got = serde_json::to_value(records(1, &tracks)).unwrap();
+    assert_eq!(streamed, got);
     let got = got.as_array().unwrap();
     let want = expected["results"].as_array().unwrap();
     assert_eq!(got.len(), want.len());

@@ -10,8 +10,8 @@ use clip_vis::matching::{MatchConfig, Strategy};
 use clip_vis::model::ClipVis;
 use clip_vis::video::frames::{decode_video, list_frames, read_frame};
 use clip_vis::video::render::{render_video, RenderOptions};
-use clip_vis::video::results::{records, write_json, write_zip, ResultRecord};
-use clip_vis::video::{StageTimings, Track, VideoConfig, VideoSession};
+use clip_vis::video::results::{write_zip, ResultsWriter};
+use clip_vis::video::{FinishedVideo, StageTimings, VideoConfig, VideoSession};
 use clip_vis::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
@@ -198,7 +198,7 @@ fn run_video(
     config: &VideoConfig,
     paths: &[PathBuf],
     progress: Option<&ProgressBar>,
-) -> Result<(Vec<Track>, StageTimings)> {
+) -> Result<FinishedVideo> {
     let device = Default::default();
     let classifier = cache
         .get(&model.clip, vocabulary, config.templates)?
@@ -230,21 +230,22 @@ fn bar(len: usize, what: &str) -> ProgressBar {
     bar
 }
 
-fn write_outputs(out: &Path, records: &[ResultRecord]) -> Result<()> {
-    write_json(&out.join("results.json"), records)?;
-    write_zip(&out.join("results.zip"), records)?;
+/// Closes results.json and zips it into results.zip.
+fn finish_outputs(out: &Path, writer: ResultsWriter) -> Result<()> {
+    let records = writer.records();
+    let json = writer.finish()?;
+    write_zip(&json, "results.json", &out.join("results.zip"))?;
     eprintln!(
-        "clip-vis: wrote {} and {} ({} detections)",
-        out.join("results.json").display(),
+        "clip-vis: wrote {} and {} ({records} detections)",
+        json.display(),
         out.join("results.zip").display(),
-        records.len()
     );
     Ok(())
 }
 
-fn print_tracks(tracks: &[Track], limit: usize) {
+fn print_tracks(video: &FinishedVideo, limit: usize) {
     println!("{:>7}  {:>7}  {:>5}  category", "score", "S", "track");
-    for track in tracks.iter().take(limit) {
+    for track in video.tracks.iter().take(limit) {
         println!(
             "{:>7.4}  {:>7.4}  {:>5}  {}",
             track.score, track.video_score, track.query, track.category
@@ -252,18 +253,17 @@ fn print_tracks(tracks: &[Track], limit: usize) {
     }
 }
 
-fn pictures(out: &Path, paths: &[PathBuf], tracks: &[Track], args: &PipelineArgs) -> Result<()> {
+fn pictures(
+    out: &Path,
+    paths: &[PathBuf],
+    video: &mut FinishedVideo,
+    args: &PipelineArgs,
+) -> Result<()> {
     let options = RenderOptions {
         max_tracks: args.show,
         ..RenderOptions::default()
     };
-    let files = render_video(
-        paths.len(),
-        |i| read_frame(&paths[i], i),
-        tracks,
-        out,
-        &options,
-    )?;
+    let files = render_video(|i| read_frame(&paths[i], i), video, out, &options)?;
     eprintln!(
         "clip-vis: pictures in {}{}{}",
         files.frames_dir.display(),
@@ -323,7 +323,7 @@ pub fn segment(args: SegmentArgs) -> Result<()> {
         })?;
         let total: usize = split.videos.iter().map(|v| v.file_names.len()).sum();
         let progress = bar(total, "frames");
-        let mut all = Vec::new();
+        let mut writer = ResultsWriter::create(&args.out.join("results.json"))?;
         let mut timings = StageTimings::default();
         for video in &split.videos {
             let paths: Vec<PathBuf> = video.file_names.iter().map(|f| root.join(f)).collect();
@@ -334,7 +334,7 @@ pub fn segment(args: SegmentArgs) -> Result<()> {
                     video.id
                 )));
             }
-            let (tracks, t) = run_video(
+            let mut finished = run_video(
                 &model,
                 &mut cache,
                 &vocabulary,
@@ -342,11 +342,11 @@ pub fn segment(args: SegmentArgs) -> Result<()> {
                 &paths,
                 Some(&progress),
             )?;
-            timings.add(&t);
-            all.extend(records(video.id, &tracks));
+            timings.add(&finished.timings);
+            writer.write_video(video.id, &mut finished)?;
         }
         progress.finish_and_clear();
-        write_outputs(&args.out, &all)?;
+        finish_outputs(&args.out, writer)?;
         print_timings(&timings);
     } else {
         let decoded;
@@ -359,7 +359,7 @@ pub fn segment(args: SegmentArgs) -> Result<()> {
             return Err(Error::Usage("give the input: --frames <dir>, --video <file> or --dataset-json with --frames-root".into()));
         };
         let progress = bar(paths.len(), "frames");
-        let (tracks, timings) = run_video(
+        let mut finished = run_video(
             &model,
             &mut cache,
             &vocabulary,
@@ -368,12 +368,14 @@ pub fn segment(args: SegmentArgs) -> Result<()> {
             Some(&progress),
         )?;
         progress.finish_and_clear();
-        write_outputs(&args.out, &records(args.video_id, &tracks))?;
-        print_tracks(&tracks, 10);
+        let mut writer = ResultsWriter::create(&args.out.join("results.json"))?;
+        writer.write_video(args.video_id, &mut finished)?;
+        finish_outputs(&args.out, writer)?;
+        print_tracks(&finished, 10);
         if !args.pipeline.no_pictures {
-            pictures(&args.out, &paths, &tracks, &args.pipeline)?;
+            pictures(&args.out, &paths, &mut finished, &args.pipeline)?;
         }
-        print_timings(&timings);
+        print_timings(&finished.timings);
     }
     if args.pipeline.report_peak_memory {
         if let Some(kib) = peak_memory_kib() {
@@ -395,8 +397,26 @@ pub struct DemoArgs {
     /// Output folder.
     #[arg(long, default_value = "clip-vis-demo")]
     pub out: PathBuf,
+    /// Model size: `tiny` (quick), or a full-size architecture with random weights (`rn50`,
+    /// `convnext`) to see how fast the real model runs on this machine.
+    #[arg(long, value_enum, default_value = "tiny")]
+    pub preset: DemoPreset,
+    /// Frame size of the synthetic video, `WIDTHxHEIGHT`.
+    #[arg(long, default_value = "240x180")]
+    pub size: String,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+}
+
+/// Demo model sizes.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DemoPreset {
+    /// The tiny built-in model.
+    Tiny,
+    /// CLIP-VIS R50 (LVIS) architecture, random weights.
+    Rn50,
+    /// CLIP-VIS ConvNeXt-B (LVIS) architecture, random weights.
+    Convnext,
 }
 
 /// Runs `clip-vis demo`: the whole video pipeline on a built-in tiny model with random weights
@@ -414,7 +434,18 @@ pub fn demo(mut args: DemoArgs) -> Result<()> {
     if args.frames == 0 {
         return Err(Error::NoFrames("--frames 0".into()));
     }
-    if args.pipeline.short_side == 480 {
+    let (width, height) = args
+        .size
+        .split_once('x')
+        .and_then(|(w, h)| Some((w.parse::<usize>().ok()?, h.parse::<usize>().ok()?)))
+        .filter(|&(w, h)| w > 0 && h > 0)
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "--size {:?}: expected WIDTHxHEIGHT, e.g. 640x480",
+                args.size
+            ))
+        })?;
+    if matches!(args.preset, DemoPreset::Tiny) && args.pipeline.short_side == 480 {
         // The tiny model needs no 480p input; keep the demo quick.
         args.pipeline.short_side = 160;
     }
@@ -422,12 +453,22 @@ pub fn demo(mut args: DemoArgs) -> Result<()> {
     let vocabulary = Vocabulary::from_list(&args.vocab)?;
     create_dir(&args.out)?;
     let device = Default::default();
-    let model = clip_vis::demo::tiny_video_model::<B>(&device)?;
+    let model = match args.preset {
+        DemoPreset::Tiny => clip_vis::demo::tiny_video_model::<B>(&device)?,
+        DemoPreset::Rn50 => clip_vis::demo::random_model::<B>(
+            &clip_vis::model::ClipVisConfig::rn50_lvis(),
+            &device,
+        )?,
+        DemoPreset::Convnext => clip_vis::demo::random_model::<B>(
+            &clip_vis::model::ClipVisConfig::convnext_b_lvis(),
+            &device,
+        )?,
+    };
     let frames_dir = args.out.join("input");
     create_dir(&frames_dir)?;
     let mut paths = Vec::new();
     for index in 0..args.frames {
-        let frame = clip_vis::demo::synthetic_frame(index, 240, 180);
+        let frame = clip_vis::demo::synthetic_frame(index, width, height);
         let path = frames_dir.join(format!("{index:06}.png"));
         image::RgbImage::from_raw(frame.width as u32, frame.height as u32, frame.pixels)
             .expect("consistent size")
@@ -439,12 +480,14 @@ pub fn demo(mut args: DemoArgs) -> Result<()> {
         paths.push(path);
     }
     let mut cache = ClassifierCache::new();
-    let (tracks, timings) = run_video(&model, &mut cache, &vocabulary, &config, &paths, None)?;
-    write_outputs(&args.out, &records(1, &tracks))?;
-    print_tracks(&tracks, 10);
+    let mut finished = run_video(&model, &mut cache, &vocabulary, &config, &paths, None)?;
+    let mut writer = ResultsWriter::create(&args.out.join("results.json"))?;
+    writer.write_video(1, &mut finished)?;
+    finish_outputs(&args.out, writer)?;
+    print_tracks(&finished, 10);
     if !args.pipeline.no_pictures {
-        pictures(&args.out, &paths, &tracks, &args.pipeline)?;
+        pictures(&args.out, &paths, &mut finished, &args.pipeline)?;
     }
-    print_timings(&timings);
+    print_timings(&finished.timings);
     Ok(())
 }

@@ -17,9 +17,10 @@
 //! for path in clip_vis::video::frames::list_frames(std::path::Path::new("frames/"))? {
 //!     session.push(clip_vis::image_io::read_rgb(&path)?)?; // frames stream in; memory stays flat
 //! }
-//! let (tracks, timings) = session.finish()?;
-//! for track in &tracks {
-//!     println!("{} {:.3} ({} masks)", track.category, track.score, track.masks.len());
+//! let mut finished = session.finish()?;
+//! for (k, track) in finished.tracks.clone().iter().enumerate() {
+//!     let first = finished.mask(k, 0)?; // masks wait in a temporary file until asked for
+//!     println!("{} {:.3} ({} pixels in frame 0)", track.category, track.score, clip_vis::hotcoco::mask::area(&first));
 //! }
 //! # Ok::<(), clip_vis::Error>(())
 //! ```
@@ -112,7 +113,7 @@ impl VideoConfig {
     }
 }
 
-/// One named object through the video.
+/// One named object through the video, with its masks in memory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Track {
     /// The query (track) index.
@@ -129,6 +130,77 @@ pub struct Track {
     pub video_score: f32,
     /// One mask per frame at the original frame size (empty where the frame was pruned).
     pub masks: Vec<Rle>,
+}
+
+/// A selected (track, category) pair without its masks (see [`FinishedVideo`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackSummary {
+    /// Where its masks are in the [`FinishedVideo`]'s mask file.
+    slot: usize,
+    /// The query (track) index.
+    pub query: usize,
+    /// The 0-based category index in the vocabulary.
+    pub label: usize,
+    /// The category id written to results (1-based position, or the dataset's id).
+    pub category_id: u64,
+    /// The category name.
+    pub category: String,
+    /// The final score: video score × mask score.
+    pub score: f32,
+    /// The video score `S` of the (track, category) pair.
+    pub video_score: f32,
+}
+
+/// A finished video: its tracks, best first, with their masks in a temporary file so that a
+/// long video's results never have to be in memory at once (they are streamed into the results
+/// json, and read frame by frame for the pictures).
+#[derive(Debug)]
+pub struct FinishedVideo {
+    /// The selected (track, category) pairs, best first.
+    pub tracks: Vec<TrackSummary>,
+    /// Frames in the video.
+    pub frames: usize,
+    /// `(height, width)` of the masks (the original frame size).
+    pub size: (u32, u32),
+    /// Time spent per stage.
+    pub timings: StageTimings,
+    masks: spill::MaskSpill,
+}
+
+impl FinishedVideo {
+    /// The pycocotools RLE string of track `track` (an index into `tracks`) at `frame`.
+    pub fn mask_string(&mut self, track: usize, frame: usize) -> Result<String> {
+        let slot = self.tracks[track].slot;
+        self.masks.get(slot, frame)
+    }
+
+    /// The mask of track `track` (an index into `tracks`) at `frame`.
+    pub fn mask(&mut self, track: usize, frame: usize) -> Result<Rle> {
+        let text = self.mask_string(track, frame)?;
+        hotcoco::mask::rle_from_string(&text, self.size.0, self.size.1)
+            .map_err(|e| Error::Usage(format!("internal mask file: {e}")))
+    }
+
+    /// Every track with all its masks in memory.
+    pub fn into_tracks(mut self) -> Result<Vec<Track>> {
+        (0..self.tracks.len())
+            .map(|k| {
+                let masks = (0..self.frames)
+                    .map(|f| self.mask(k, f))
+                    .collect::<Result<Vec<_>>>()?;
+                let t = &self.tracks[k];
+                Ok(Track {
+                    query: t.query,
+                    label: t.label,
+                    category_id: t.category_id,
+                    category: t.category.clone(),
+                    score: t.score,
+                    video_score: t.video_score,
+                    masks,
+                })
+            })
+            .collect()
+    }
 }
 
 /// detectron2's `ResizeShortestEdge` output size `(height, width)`: short side to `short`,
@@ -170,7 +242,9 @@ pub fn segment_video<B: Backend>(
         device,
     )?;
     session.push_all(frames)?;
-    session.finish()
+    let finished = session.finish()?;
+    let timings = finished.timings;
+    Ok((finished.into_tracks()?, timings))
 }
 
 #[cfg(test)]

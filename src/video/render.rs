@@ -10,8 +10,9 @@ use font8x8::legacy::BASIC_LEGACY;
 use image::codecs::gif::{GifEncoder, Repeat};
 use image::{Delay, Frame, RgbaImage};
 
-use super::Track;
+use super::{FinishedVideo, TrackSummary};
 use crate::{Error, Result};
+use hotcoco::Rle;
 
 /// A palette of distinguishable colours (Tableau 10).
 const PALETTE: [[u8; 3]; 10] = [
@@ -54,32 +55,22 @@ impl Default for RenderOptions {
     }
 }
 
-/// The tracks drawn: the best label of each query, best first, within the options' limits.
-pub fn shown_tracks<'t>(tracks: &'t [Track], options: &RenderOptions) -> Vec<&'t Track> {
+/// The tracks drawn (indices into `tracks`, which are best first): the best label of each
+/// query, within the options' limits.
+pub fn shown_tracks(tracks: &[TrackSummary], options: &RenderOptions) -> Vec<usize> {
     let mut seen = std::collections::HashSet::new();
-    let mut sorted: Vec<&Track> = tracks.iter().collect();
-    sorted.sort_by(|a, b| b.score.total_cmp(&a.score));
-    sorted
-        .into_iter()
-        .filter(|t| t.score >= options.min_score && seen.insert(t.query))
+    (0..tracks.len())
+        .filter(|&k| tracks[k].score >= options.min_score && seen.insert(tracks[k].query))
         .take(options.max_tracks)
         .collect()
 }
 
-/// Draws frame `index` of the tracks onto `frame`.
-pub fn draw_frame(
-    frame: &RgbImage,
-    index: usize,
-    tracks: &[&Track],
-    options: &RenderOptions,
-) -> RgbImage {
+/// Draws masks with their labels onto `frame`, the `k`-th in palette colour `k`.
+pub fn draw_frame(frame: &RgbImage, masks: &[(String, Rle)], options: &RenderOptions) -> RgbImage {
     let mut out = frame.clone();
     let (w, h) = (frame.width, frame.height);
     let mut labels = Vec::new();
-    for (k, track) in tracks.iter().enumerate() {
-        let Some(rle) = track.masks.get(index) else {
-            continue;
-        };
+    for (k, (label, rle)) in masks.iter().enumerate() {
         if rle.h as usize != h || rle.w as usize != w {
             continue;
         }
@@ -103,12 +94,7 @@ pub fn draw_frame(
             }
         }
         if let Some((y, x)) = top_left {
-            labels.push((
-                y,
-                x,
-                color,
-                format!("{} {:.2}", track.category, track.score),
-            ));
+            labels.push((y, x, color, label.clone()));
         }
     }
     for (y, x, color, text) in labels {
@@ -179,13 +165,13 @@ pub struct RenderedFiles {
 /// Draws every frame (read one at a time by `read_frame`) into `<out>/frames/NNNNNN.png`, an
 /// animated `<out>/video.gif`, and `<out>/video.mp4` when ffmpeg is present.
 pub fn render_video(
-    frame_count: usize,
     mut read_frame: impl FnMut(usize) -> Result<RgbImage>,
-    tracks: &[Track],
+    video: &mut FinishedVideo,
     out: &Path,
     options: &RenderOptions,
 ) -> Result<RenderedFiles> {
-    let shown = shown_tracks(tracks, options);
+    let shown = shown_tracks(&video.tracks, options);
+    let frame_count = video.frames;
     let frames_dir = out.join("frames");
     std::fs::create_dir_all(&frames_dir).map_err(io(&frames_dir))?;
     let gif_path = out.join("video.gif");
@@ -197,7 +183,17 @@ pub fn render_video(
     let delay = Delay::from_numer_denom_ms(1000, options.fps.max(1));
     for index in 0..frame_count {
         let frame = read_frame(index)?;
-        let drawn = draw_frame(&frame, index, &shown, options);
+        let masks = shown
+            .iter()
+            .map(|&k| {
+                let t = &video.tracks[k];
+                Ok((
+                    format!("{} {:.2}", t.category, t.score),
+                    video.mask(k, index)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let drawn = draw_frame(&frame, &masks, options);
         let png = frames_dir.join(format!("{index:06}.png"));
         let image = to_image(&drawn);
         let mut bytes = Vec::new();

@@ -1,12 +1,13 @@
 //! YTVIS / LV-VIS results: the json the evaluators read (SPEC §6.6) and the zip the
 //! CodaLab/Codabench servers take.
 
-use std::io::Write;
-use std::path::Path;
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::Track;
+use super::{FinishedVideo, Track};
 use crate::{Error, Result};
 
 /// One COCO RLE with string counts, as pycocotools writes it.
@@ -51,69 +52,200 @@ pub fn records(video_id: u64, tracks: &[Track]) -> Vec<ResultRecord> {
         .collect()
 }
 
-fn write(path: &Path, bytes: &[u8]) -> Result<()> {
-    clip_vis_clip::weights::write_atomically(path, bytes).map_err(|source| Error::Io {
+fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
         file: path.to_path_buf(),
         source,
-    })
+    }
 }
 
-/// Writes `records` as a json list to `path` (through a temporary file and a rename).
+/// A temporary sibling of `path` (renamed over it when complete).
+fn temporary(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// Writes a results json list record by record, straight from [`FinishedVideo`]s' mask files,
+/// so a long video's (or a whole split's) results are never all in memory. The file appears
+/// under its name only when [`finish`](Self::finish) succeeds.
+#[derive(Debug)]
+pub struct ResultsWriter {
+    path: PathBuf,
+    temporary: PathBuf,
+    out: BufWriter<File>,
+    records: usize,
+    finished: bool,
+}
+
+impl ResultsWriter {
+    /// Starts `path`.
+    pub fn create(path: &Path) -> Result<Self> {
+        let temporary = temporary(path);
+        let file = File::create(&temporary).map_err(io(&temporary))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        out.write_all(b"[").map_err(io(&temporary))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            temporary,
+            out,
+            records: 0,
+            finished: false,
+        })
+    }
+
+    /// Appends one video's tracks as records (best first).
+    pub fn write_video(&mut self, video_id: u64, video: &mut FinishedVideo) -> Result<()> {
+        let err = |e: serde_json::Error| Error::Io {
+            file: self.temporary.clone(),
+            source: e.into(),
+        };
+        for k in 0..video.tracks.len() {
+            let mut head = Vec::new();
+            if self.records > 0 {
+                head.push(b',');
+            }
+            let track = &video.tracks[k];
+            head.extend_from_slice(b"{\"video_id\":");
+            serde_json::to_writer(&mut head, &video_id).map_err(err)?;
+            head.extend_from_slice(b",\"score\":");
+            serde_json::to_writer(&mut head, &track.score).map_err(err)?;
+            head.extend_from_slice(b",\"category_id\":");
+            serde_json::to_writer(&mut head, &track.category_id).map_err(err)?;
+            head.extend_from_slice(b",\"segmentations\":[");
+            self.out.write_all(&head).map_err(io(&self.temporary))?;
+            for f in 0..video.frames {
+                let counts = video.mask_string(k, f)?;
+                let mut item = Vec::with_capacity(counts.len() + 40);
+                if f > 0 {
+                    item.push(b',');
+                }
+                item.extend_from_slice(b"{\"size\":");
+                serde_json::to_writer(&mut item, &[video.size.0, video.size.1]).map_err(err)?;
+                item.extend_from_slice(b",\"counts\":");
+                serde_json::to_writer(&mut item, &counts).map_err(err)?;
+                item.push(b'}');
+                self.out.write_all(&item).map_err(io(&self.temporary))?;
+            }
+            self.out.write_all(b"]}").map_err(io(&self.temporary))?;
+            self.records += 1;
+        }
+        Ok(())
+    }
+
+    /// Records written so far.
+    pub fn records(&self) -> usize {
+        self.records
+    }
+
+    /// Closes the list, syncs, and renames the file into place.
+    pub fn finish(mut self) -> Result<PathBuf> {
+        self.out.write_all(b"]").map_err(io(&self.temporary))?;
+        self.out.flush().map_err(io(&self.temporary))?;
+        self.out.get_ref().sync_all().map_err(io(&self.temporary))?;
+        std::fs::rename(&self.temporary, &self.path).map_err(io(&self.path))?;
+        self.finished = true;
+        Ok(self.path.clone())
+    }
+}
+
+impl Drop for ResultsWriter {
+    fn drop(&mut self) {
+        // An unfinished list (an error part-way) never replaces an earlier results.json.
+        if !self.finished {
+            let _ = std::fs::remove_file(&self.temporary);
+        }
+    }
+}
+
+/// Writes `records` (in memory) as a json list to `path`, through a temporary file.
 pub fn write_json(path: &Path, records: &[ResultRecord]) -> Result<()> {
     let json = serde_json::to_vec(records).map_err(|e| Error::Usage(e.to_string()))?;
-    write(path, &json)
+    clip_vis_clip::weights::write_atomically(path, &json).map_err(io(path))
 }
 
-/// Writes `records` as `results.json` inside the zip archive `path`, the upload format of the
-/// LV-VIS and YouTube-VIS evaluation servers (deflate-compressed).
-pub fn write_zip(path: &Path, records: &[ResultRecord]) -> Result<()> {
-    let json = serde_json::to_vec(records).map_err(|e| Error::Usage(e.to_string()))?;
-    write(path, &zip_single_file("results.json", &json))
-}
-
-/// A zip archive holding one deflated file (PKWARE APPNOTE: local header, data, central
-/// directory, end record; ZIP64 is not needed below 4 GiB).
-pub fn zip_single_file(name: &str, data: &[u8]) -> Vec<u8> {
-    let compressed = miniz_oxide::deflate::compress_to_vec(data, 6);
-    let crc = crc32fast::hash(data);
-    let mut out = Vec::with_capacity(compressed.len() + 128);
-    let name = name.as_bytes();
-    let common = |out: &mut Vec<u8>| {
-        out.write_all(&20u16.to_le_bytes()).unwrap(); // version needed: 2.0
-        out.write_all(&0u16.to_le_bytes()).unwrap(); // flags
-        out.write_all(&8u16.to_le_bytes()).unwrap(); // deflate
-        out.write_all(&0u16.to_le_bytes()).unwrap(); // time
-        out.write_all(&0x21u16.to_le_bytes()).unwrap(); // date: 1980-01-01
-        out.write_all(&crc.to_le_bytes()).unwrap();
-        out.write_all(&(compressed.len() as u32).to_le_bytes())
-            .unwrap();
-        out.write_all(&(data.len() as u32).to_le_bytes()).unwrap();
-        out.write_all(&(name.len() as u16).to_le_bytes()).unwrap();
-        out.write_all(&0u16.to_le_bytes()).unwrap(); // extra length
+/// Zips the file `source` as `name` into `zip` (deflate, streamed in constant memory), the
+/// upload format of the LV-VIS and YouTube-VIS evaluation servers (`results.json` inside).
+///
+/// Layout (PKWARE APPNOTE): local header, data, central directory, end record; the local
+/// header's CRC and sizes are filled in after the data is streamed. No ZIP64: up to 4 GiB.
+pub fn write_zip(source: &Path, name: &str, zip: &Path) -> Result<()> {
+    let input = File::open(source).map_err(io(source))?;
+    let temporary = temporary(zip);
+    let mut file = File::create(&temporary).map_err(io(&temporary))?;
+    let header = |crc: u32, compressed: u32, size: u32| {
+        let mut h = Vec::with_capacity(30 + name.len());
+        h.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+        h.extend_from_slice(&20u16.to_le_bytes()); // version needed: 2.0
+        h.extend_from_slice(&0u16.to_le_bytes()); // flags
+        h.extend_from_slice(&8u16.to_le_bytes()); // deflate
+        h.extend_from_slice(&0u16.to_le_bytes()); // time
+        h.extend_from_slice(&0x21u16.to_le_bytes()); // date: 1980-01-01
+        h.extend_from_slice(&crc.to_le_bytes());
+        h.extend_from_slice(&compressed.to_le_bytes());
+        h.extend_from_slice(&size.to_le_bytes());
+        h.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        h.extend_from_slice(&0u16.to_le_bytes()); // extra length
+        h.extend_from_slice(name.as_bytes());
+        h
     };
-    out.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
-    common(&mut out);
-    out.extend_from_slice(name);
-    out.extend_from_slice(&compressed);
-    let central = out.len();
-    out.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
-    out.extend_from_slice(&20u16.to_le_bytes()); // made by
-    common(&mut out);
-    out.extend_from_slice(&0u16.to_le_bytes()); // comment length
-    out.extend_from_slice(&0u16.to_le_bytes()); // disk
-    out.extend_from_slice(&0u16.to_le_bytes()); // internal attributes
-    out.extend_from_slice(&0u32.to_le_bytes()); // external attributes
-    out.extend_from_slice(&0u32.to_le_bytes()); // local header offset
-    out.extend_from_slice(name);
-    let central_size = out.len() - central;
-    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
-    out.extend_from_slice(&[0u8; 4]); // disk numbers
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&(central_size as u32).to_le_bytes());
-    out.extend_from_slice(&(central as u32).to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out
+    let placeholder = header(0, 0, 0);
+    file.write_all(&placeholder).map_err(io(&temporary))?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut size: u64 = 0;
+    let mut encoder =
+        flate2::write::DeflateEncoder::new(BufWriter::new(&file), flate2::Compression::new(6));
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, input);
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buffer).map_err(io(source))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        size += n as u64;
+        encoder.write_all(&buffer[..n]).map_err(io(&temporary))?;
+    }
+    let mut writer = encoder.finish().map_err(io(&temporary))?;
+    writer.flush().map_err(io(&temporary))?;
+    drop(writer);
+    let end = file.stream_position().map_err(io(&temporary))?;
+    let compressed = end - placeholder.len() as u64;
+    if size > u64::from(u32::MAX) || end > u64::from(u32::MAX) {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(Error::Usage(format!(
+            "{}: over 4 GiB, too large for a plain zip",
+            source.display()
+        )));
+    }
+    let crc = hasher.finalize();
+    let local = header(crc, compressed as u32, size as u32);
+    let mut central = Vec::new();
+    central.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+    central.extend_from_slice(&20u16.to_le_bytes()); // made by
+    central.extend_from_slice(&local[4..30]); // same fields as the local header
+    central.extend_from_slice(&0u16.to_le_bytes()); // comment length
+    central.extend_from_slice(&0u16.to_le_bytes()); // disk
+    central.extend_from_slice(&0u16.to_le_bytes()); // internal attributes
+    central.extend_from_slice(&0u32.to_le_bytes()); // external attributes
+    central.extend_from_slice(&0u32.to_le_bytes()); // local header offset
+    central.extend_from_slice(name.as_bytes());
+    let mut tail = central.clone();
+    tail.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    tail.extend_from_slice(&[0u8; 4]); // disk numbers
+    tail.extend_from_slice(&1u16.to_le_bytes());
+    tail.extend_from_slice(&1u16.to_le_bytes());
+    tail.extend_from_slice(&(central.len() as u32).to_le_bytes());
+    tail.extend_from_slice(&(end as u32).to_le_bytes());
+    tail.extend_from_slice(&0u16.to_le_bytes());
+    file.write_all(&tail).map_err(io(&temporary))?;
+    file.seek(SeekFrom::Start(0)).map_err(io(&temporary))?;
+    file.write_all(&local).map_err(io(&temporary))?;
+    file.sync_all().map_err(io(&temporary))?;
+    drop(file);
+    std::fs::rename(&temporary, zip).map_err(io(zip))
 }
 
 #[cfg(test)]
@@ -122,13 +254,30 @@ mod tests {
 
     #[test]
     fn zip_holds_the_deflated_file() {
-        let data = b"[{\"video_id\": 1}]".repeat(20);
-        let zip = zip_single_file("results.json", &data);
+        let dir = std::env::temp_dir().join(format!("clip-vis-zip-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let data = b"[{\"video_id\": 1}]".repeat(2000);
+        std::fs::write(dir.join("results.json"), &data).unwrap();
+        write_zip(
+            &dir.join("results.json"),
+            "results.json",
+            &dir.join("results.zip"),
+        )
+        .unwrap();
+        let zip = std::fs::read(dir.join("results.zip")).unwrap();
         assert_eq!(&zip[..4], b"PK\x03\x04");
+        assert_eq!(
+            u32::from_le_bytes(zip[14..18].try_into().unwrap()),
+            crc32fast::hash(&data)
+        );
         let start = 30 + "results.json".len();
         let size = u32::from_le_bytes(zip[18..22].try_into().unwrap()) as usize;
-        let inflated = miniz_oxide::inflate::decompress_to_vec(&zip[start..start + size]).unwrap();
+        let mut inflated = Vec::new();
+        flate2::read::DeflateDecoder::new(&zip[start..start + size])
+            .read_to_end(&mut inflated)
+            .unwrap();
         assert_eq!(inflated, data);
         assert_eq!(&zip[zip.len() - 22..zip.len() - 18], b"PK\x05\x06");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

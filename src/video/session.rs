@@ -14,8 +14,8 @@ use hotcoco::Rle;
 use rayon::prelude::*;
 
 use super::masks::{MaskGeometry, MaskResizer};
-use super::spill::{FrameRecord, Spill};
-use super::{resized_size, Track, VideoConfig};
+use super::spill::{FrameRecord, MaskSpill, Spill};
+use super::{resized_size, FinishedVideo, TrackSummary, VideoConfig};
 use crate::{Error, Result};
 
 /// Wall-clock time per pipeline stage, summed over the frames processed.
@@ -342,8 +342,9 @@ impl<'m, B: Backend> VideoSession<'m, B> {
     }
 
     /// Finishes the video: the best `config.detections` (track, category) pairs, each with its
-    /// score and one mask per frame at the original size (SPEC §6.4–6.6), best first.
-    pub fn finish(mut self) -> Result<(Vec<Track>, StageTimings)> {
+    /// score and one mask per frame at the original size (SPEC §6.4–6.6), best first. The masks
+    /// stay in a temporary file; see [`FinishedVideo`].
+    pub fn finish(mut self) -> Result<FinishedVideo> {
         self.flush()?;
         if self.frames == 0 {
             return Err(Error::NoFrames("the video session".into()));
@@ -354,42 +355,53 @@ impl<'m, B: Backend> VideoSession<'m, B> {
         let classes = self.vocabulary.len();
         let queries = self.queries;
         let resizer = self.resizer.take().expect("set with the first frame");
+        let empty = hotcoco::mask::rle_to_string(&resizer.empty());
         let mut stats = vec![MaskStats::default(); pairs.len()];
-        let mut masks: Vec<Vec<Rle>> = vec![Vec::with_capacity(self.frames); pairs.len()];
+        let mut masks = MaskSpill::create(self.config.spill_dir.clone(), pairs.len())?;
         let (object_logits, mask_stats) = (&self.object_logits, &self.mask_stats);
         self.spill.frames(|frame, record| {
-            for (k, pair) in pairs.iter().enumerate() {
-                let p = record.probabilities[pair.query * classes + pair.label];
-                let objects = &object_logits[(frame * queries + pair.query) * 2..];
-                if keeps_frame(frame_score(p, objects), pair.video_score) {
-                    stats[k].add(mask_stats[frame * queries + pair.query]);
-                    masks[k].push(record.masks[pair.query].clone());
-                } else {
-                    masks[k].push(resizer.empty());
-                }
-            }
-            Ok(())
+            let strings: Vec<String> = pairs
+                .iter()
+                .enumerate()
+                .map(|(k, pair)| {
+                    let p = record.probabilities[pair.query * classes + pair.label];
+                    let objects = &object_logits[(frame * queries + pair.query) * 2..];
+                    if keeps_frame(frame_score(p, objects), pair.video_score) {
+                        stats[k].add(mask_stats[frame * queries + pair.query]);
+                        hotcoco::mask::rle_to_string(&record.masks[pair.query])
+                    } else {
+                        empty.clone()
+                    }
+                })
+                .collect();
+            masks.push_frame(&strings)
         })?;
-        let tracks = pairs
+        let mut tracks: Vec<TrackSummary> = pairs
             .iter()
             .zip(stats)
-            .zip(masks)
-            .map(|((pair, stats), masks)| {
+            .enumerate()
+            .map(|(slot, (pair, stats))| {
                 let category = &self.vocabulary.categories[pair.label];
-                Track {
+                TrackSummary {
+                    slot,
                     query: pair.query,
                     label: pair.label,
                     category_id: category.id,
                     category: category.name.clone(),
                     video_score: pair.video_score,
                     score: pair.video_score * stats.score(),
-                    masks,
                 }
             })
-            .collect::<Vec<_>>();
-        let mut tracks = tracks;
+            .collect();
         tracks.sort_by(|a, b| b.score.total_cmp(&a.score));
         self.timings.finish += started.elapsed();
-        Ok((tracks, self.timings))
+        let (height, width) = resizer.geometry().original;
+        Ok(FinishedVideo {
+            tracks,
+            frames: self.frames,
+            size: (height as u32, width as u32),
+            timings: self.timings,
+            masks,
+        })
     }
 }

@@ -187,3 +187,83 @@ mod tests {
         assert!(!path.exists());
     }
 }
+
+/// The selected tracks' masks, one pycocotools RLE string per (track, frame), written frame by
+/// frame during the final pass and read back per track (for the json) or per frame (for the
+/// pictures). Only the index (12 bytes per mask) stays in memory. Removed when dropped.
+#[derive(Debug)]
+pub struct MaskSpill {
+    path: PathBuf,
+    file: File,
+    writer_pos: u64,
+    tracks: usize,
+    /// `(offset, length)` of mask `[frame * tracks + track]`.
+    index: Vec<(u64, u32)>,
+}
+
+impl MaskSpill {
+    /// A new mask file for `tracks` tracks in `dir` (the system temporary directory when `None`).
+    pub fn create(dir: Option<PathBuf>, tracks: usize) -> Result<Self> {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let dir = dir.unwrap_or_else(std::env::temp_dir);
+        let path = dir.join(format!(
+            "clip-vis-masks-{}-{}.bin",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        Ok(Self {
+            path,
+            file,
+            writer_pos: 0,
+            tracks,
+            index: Vec::new(),
+        })
+    }
+
+    /// Appends one frame: the RLE string of every track, in track order.
+    pub fn push_frame(&mut self, strings: &[String]) -> Result<()> {
+        debug_assert_eq!(strings.len(), self.tracks);
+        self.file
+            .seek(SeekFrom::Start(self.writer_pos))
+            .map_err(io(&self.path))?;
+        let mut writer = BufWriter::new(&self.file);
+        for s in strings {
+            writer.write_all(s.as_bytes()).map_err(io(&self.path))?;
+            self.index.push((self.writer_pos, s.len() as u32));
+            self.writer_pos += s.len() as u64;
+        }
+        writer.flush().map_err(io(&self.path))?;
+        Ok(())
+    }
+
+    /// Frames stored.
+    pub fn frames(&self) -> usize {
+        self.index.len() / self.tracks.max(1)
+    }
+
+    /// The RLE string of `track` at `frame`.
+    pub fn get(&mut self, track: usize, frame: usize) -> Result<String> {
+        let (offset, len) = self.index[frame * self.tracks + track];
+        self.file
+            .seek(SeekFrom::Start(offset))
+            .map_err(io(&self.path))?;
+        let mut bytes = vec![0u8; len as usize];
+        self.file.read_exact(&mut bytes).map_err(io(&self.path))?;
+        String::from_utf8(bytes).map_err(|e| Error::Io {
+            file: self.path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })
+    }
+}
+
+impl Drop for MaskSpill {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
