@@ -139,6 +139,7 @@ fn check(k: usize) {
         .map(|c| [c[0] as usize, c[1] as usize, c[2] as usize, c[3] as usize])
         .collect();
     let mut identical_strings = 0;
+    let mut worst_score = 0.0f64;
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert_eq!(g["category_id"], w["category_id"], "K={k} record {i}");
         let (gs, ws) = (g["score"].as_f64().unwrap(), w["score"].as_f64().unwrap());
@@ -146,6 +147,7 @@ fn check(k: usize) {
             (gs - ws).abs() < 1e-4,
             "K={k} record {i}: score {gs} vs {ws}"
         );
+        worst_score = worst_score.max((gs - ws).abs());
         let (gm, wm) = (
             g["segmentations"].as_array().unwrap(),
             w["segmentations"].as_array().unwrap(),
@@ -174,7 +176,7 @@ fn check(k: usize) {
         }
     }
     eprintln!(
-        "K={k}: {identical_strings} of {} RLE strings identical",
+        "K={k}: {identical_strings} of {} RLE strings identical, largest score difference {worst_score:.1e}",
         12 * got.len()
     );
 }
