@@ -228,12 +228,14 @@ impl<B: Backend> AttentionPool2d<B> {
         let blocked = masks
             .bool_not()
             .bool_and(empty.clone().bool_not().expand([num_masks, height * width]));
+        // One batch whose queries are the masks: keys and values are projected once for all
+        // masks (projecting them per mask would cost 100x the work); only the blocked
+        // positions differ between the masks' attention rows.
         let query = query
             .reshape([1, 1, channels])
-            .expand([num_masks, 1, channels]);
-        let tokens = tokens.expand([num_masks, height * width, channels]);
+            .expand([1, num_masks, channels]);
         let pooled = self
-            .attend(query, tokens, Some(blocked.unsqueeze_dim(1)))
+            .attend(query, tokens, Some(blocked.unsqueeze_dim(0)))
             .reshape([num_masks, self.c_proj.weight.dims()[1]]);
         pooled.mask_fill(empty.expand([num_masks, self.c_proj.weight.dims()[1]]), 0.0)
     }
