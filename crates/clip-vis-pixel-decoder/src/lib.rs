@@ -10,6 +10,7 @@ mod group_norm;
 pub mod ms_deform_attn;
 pub mod pixel_decoder;
 pub mod position_encoding;
+pub mod sampling;
 
 pub use group_norm::GroupNorm;
 pub use ms_deform_attn::{MsDeformAttn, MsDeformAttnConfig};

@@ -27,6 +27,9 @@ pub enum SamplingCore {
     /// A direct CPU kernel over the host buffers (the CPU backends' default): Burn's CPU
     /// `grid_sample` is about 9x slower than PyTorch's.
     Host,
+    /// Gathers with bilinear weights ([`crate::sampling::sample_bilinear`]): differentiable,
+    /// so it is what autodiff backends (training) use.
+    Gather,
 }
 
 /// Sizes of a multi-scale deformable attention.
@@ -88,7 +91,8 @@ impl<B: Backend> MsDeformAttn<B> {
     /// - returns `[batch, queries, d]`
     ///
     /// On the CPU backends the sampling runs in a direct kernel ([`SamplingCore::Host`]);
-    /// elsewhere through `grid_sample_2d` ([`SamplingCore::GridSample`]).
+    /// elsewhere through `grid_sample_2d` ([`SamplingCore::GridSample`]); under autodiff
+    /// through differentiable gathers ([`SamplingCore::Gather`]).
     pub fn forward(
         &self,
         query: Tensor<B, 3>,
@@ -96,7 +100,10 @@ impl<B: Backend> MsDeformAttn<B> {
         input: Tensor<B, 3>,
         spatial_shapes: &[(usize, usize)],
     ) -> Tensor<B, 3> {
-        let core = if is_host_backend::<B>(&query.device()) {
+        let device = query.device();
+        let core = if B::ad_enabled(&device) {
+            SamplingCore::Gather
+        } else if is_host_backend::<B>(&device) {
             SamplingCore::Host
         } else {
             SamplingCore::GridSample
@@ -142,8 +149,64 @@ impl<B: Backend> MsDeformAttn<B> {
         let sampled = match core {
             SamplingCore::GridSample => self.sample_grid(value, locations, weights, spatial_shapes),
             SamplingCore::Host => self.sample_host(value, locations, weights, spatial_shapes),
+            SamplingCore::Gather => self.sample_gather(value, locations, weights, spatial_shapes),
         };
         linear_flat(&self.output_proj, sampled)
+    }
+
+    /// Differentiable core: per level, [`crate::sampling::sample_bilinear`] over
+    /// `[batch·heads, head_dim, H, W]` at all `queries · points` locations.
+    fn sample_gather(
+        &self,
+        value: Tensor<B, 3>,
+        locations: Tensor<B, 6>,
+        weights: Tensor<B, 4>,
+        spatial_shapes: &[(usize, usize)],
+    ) -> Tensor<B, 3> {
+        let [batch, _, d] = value.dims();
+        let [_, queries, heads, levels, points, _] = locations.dims();
+        let head_dim = d / heads;
+        let mut sampled = Vec::with_capacity(levels);
+        let mut start = 0;
+        for (level, &(h, w)) in spatial_shapes.iter().enumerate() {
+            let level_value = value
+                .clone()
+                .slice([0..batch, start..start + h * w, 0..d])
+                .reshape([batch, h * w, heads, head_dim])
+                .permute([0, 2, 3, 1])
+                .reshape([batch * heads, head_dim, h, w]);
+            start += h * w;
+            let coords = locations
+                .clone()
+                .slice([
+                    0..batch,
+                    0..queries,
+                    0..heads,
+                    level..level + 1,
+                    0..points,
+                    0..2,
+                ])
+                .reshape([batch, queries, heads, points, 2])
+                .permute([0, 2, 1, 3, 4])
+                .reshape([batch * heads, queries * points, 2]);
+            sampled.push(
+                crate::sampling::sample_bilinear(level_value, coords).reshape([
+                    batch * heads,
+                    head_dim,
+                    queries,
+                    points,
+                ]),
+            );
+        }
+        let sampled = Tensor::cat(sampled, 3);
+        let weights =
+            weights
+                .permute([0, 2, 1, 3])
+                .reshape([batch * heads, 1, queries, levels * points]);
+        (sampled * weights)
+            .sum_dim(3)
+            .reshape([batch, heads * head_dim, queries])
+            .swap_dims(1, 2)
     }
 
     /// Generic core: one `grid_sample_2d` per level over `[batch·heads, head_dim, H, W]`.

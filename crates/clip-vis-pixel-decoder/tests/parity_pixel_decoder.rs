@@ -100,3 +100,14 @@ fn pixel_decoder_matches_pytorch_on_flex() {
 fn pixel_decoder_matches_pytorch_on_ndarray() {
     check_pixel_decoder::<burn::backend::NdArray>(&Default::default());
 }
+
+/// Under autodiff the sampling runs through differentiable gathers (`SamplingCore::Gather`).
+#[test]
+fn ms_deform_attn_matches_pytorch_under_autodiff() {
+    check_ms_deform_attn::<burn::backend::Autodiff<burn::backend::Flex>>(&Default::default());
+}
+
+#[test]
+fn pixel_decoder_matches_pytorch_under_autodiff() {
+    check_pixel_decoder::<burn::backend::Autodiff<burn::backend::Flex>>(&Default::default());
+}
