@@ -9,10 +9,12 @@
 mod criterion;
 mod matcher;
 mod points;
+mod step;
 
 pub use criterion::{Criterion, CriterionConfig, LossTerms, OutputLosses, Targets};
 pub use matcher::{match_image, matching_cost, Assignment, MatcherConfig};
 pub use points::{point_sample, uncertain_points, PointSource, SeededPoints};
+pub use step::{TrainableHead, TrainingModel};
 
 /// Training failures, each naming what was wrong.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,113 @@
+//! One training step's losses with the CLIP encoder frozen *outside* the autodiff graph.
+//!
+//! The CLIP towers live on the inner (non-autodiff) backend: their features are computed there
+//! and enter the graph as constants, so a step stores no activations for the encoder and no
+//! CLIP parameter can receive a gradient (it has none to receive: it is not an autodiff
+//! tensor). Only the pixel decoder and the transformer decoder with its heads train.
+
+use burn::module::{AutodiffModule, Module};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
+use clip_vis_clip::model::CLIP_VIS_PREFIX;
+use clip_vis_clip::{Clip, TensorStore};
+use clip_vis_model::{ClipVis, ClipVisConfig, PIXEL_DECODER_PREFIX, PREDICTOR_PREFIX};
+use clip_vis_pixel_decoder::MsDeformAttnPixelDecoder;
+use clip_vis_transformer_decoder::MultiScaleMaskedTransformerDecoder;
+
+use crate::criterion::{Criterion, LossTerms, Targets};
+use crate::points::PointSource;
+use crate::{Result, TrainError};
+
+/// The trained part of CLIP-VIS: what the optimiser updates.
+#[derive(Module, Debug)]
+pub struct TrainableHead<B: burn::tensor::backend::Backend> {
+    /// The pixel decoder.
+    pub pixel_decoder: MsDeformAttnPixelDecoder<B>,
+    /// The transformer decoder and its heads.
+    pub transformer_decoder: MultiScaleMaskedTransformerDecoder<B>,
+}
+
+/// CLIP-VIS set up for training: frozen CLIP on the inner backend, trainable head on `B`.
+#[derive(Debug)]
+pub struct TrainingModel<B: AutodiffBackend> {
+    /// The frozen CLIP towers (no autodiff).
+    pub clip: Clip<B::InnerBackend>,
+    /// The trainable decoders.
+    pub head: TrainableHead<B>,
+}
+
+impl<B: AutodiffBackend> TrainingModel<B> {
+    /// Builds the model of `config` from `store` (detectron2 key names, as
+    /// [`ClipVis::load`] reads them).
+    pub fn load(store: &TensorStore, config: &ClipVisConfig, device: &B::Device) -> Result<Self> {
+        let err = |e: clip_vis_clip::ClipError| TrainError::InvalidInput(e.to_string());
+        let clip = store
+            .scoped(CLIP_VIS_PREFIX, |s| {
+                Clip::<B::InnerBackend>::load(s, &config.clip, device)
+            })
+            .map_err(err)?;
+        let pixel_decoder = MsDeformAttnPixelDecoder::load(
+            store,
+            PIXEL_DECODER_PREFIX,
+            &config.pixel_decoder,
+            device,
+        )
+        .map_err(err)?;
+        let transformer_decoder = MultiScaleMaskedTransformerDecoder::load(
+            store,
+            PREDICTOR_PREFIX,
+            &config.transformer_decoder,
+            device,
+        )
+        .map_err(err)?;
+        Ok(Self {
+            clip,
+            head: TrainableHead {
+                pixel_decoder,
+                transformer_decoder,
+            },
+        })
+    }
+
+    /// The losses of one batch: normalised, padded `pixels` `[batch, 3, H, W]` (H, W multiples
+    /// of 32) on the inner backend and each image's instance masks at `H × W`. Back-propagate
+    /// `total` and hand the gradients of [`TrainingModel::head`] to an optimiser.
+    pub fn losses(
+        &self,
+        pixels: Tensor<B::InnerBackend, 4>,
+        targets: &Targets<B>,
+        criterion: &Criterion,
+        source: &mut dyn PointSource,
+    ) -> Result<LossTerms<B>> {
+        let [batch, channels, height, width] = pixels.dims();
+        if channels != 3 || batch == 0 || height % 32 != 0 || width % 32 != 0 {
+            return Err(TrainError::InvalidInput(format!(
+                "a batch of {batch} images {channels}x{height}x{width}: expected 3 channels and sides that are multiples of 32"
+            )));
+        }
+        let features = self.clip.features(pixels);
+        // Constants in the graph: no encoder activations are stored for the backward pass.
+        let lift = |t: Tensor<B::InnerBackend, 4>| Tensor::<B, 4>::from_inner(t);
+        let pixel = self.head.pixel_decoder.forward(
+            lift(features.res2),
+            lift(features.res3),
+            lift(features.res4),
+            lift(features.res5),
+        );
+        let decoder = self
+            .head
+            .transformer_decoder
+            .forward(&pixel.multi_scale_features, pixel.mask_features);
+        criterion.forward(&decoder.last, &decoder.aux, targets, source)
+    }
+
+    /// The inference model with the current weights (for validation during training).
+    pub fn to_inference(&self) -> ClipVis<B::InnerBackend> {
+        let head = self.head.valid();
+        ClipVis {
+            clip: self.clip.clone(),
+            pixel_decoder: head.pixel_decoder,
+            transformer_decoder: head.transformer_decoder,
+        }
+    }
+}
