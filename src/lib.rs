@@ -28,6 +28,7 @@ pub use clip_vis_clip as clip;
 pub use clip_vis_eval as eval;
 pub use clip_vis_matching as matching;
 pub use clip_vis_model as model;
+pub use clip_vis_train as train;
 /// COCO RLE codecs (the masks of results are `hotcoco::Rle`).
 pub use hotcoco;
 

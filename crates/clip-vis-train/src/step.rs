@@ -27,6 +27,24 @@ pub struct TrainableHead<B: burn::tensor::backend::Backend> {
     pub transformer_decoder: MultiScaleMaskedTransformerDecoder<B>,
 }
 
+impl<B: burn::tensor::backend::Backend> TrainableHead<B> {
+    /// The losses of the decoders on CLIP's `res2..res5` (however they were computed).
+    pub fn losses(
+        &self,
+        features: [Tensor<B, 4>; 4],
+        targets: &Targets<B>,
+        criterion: &Criterion,
+        source: &mut dyn PointSource,
+    ) -> Result<LossTerms<B>> {
+        let [res2, res3, res4, res5] = features;
+        let pixel = self.pixel_decoder.forward(res2, res3, res4, res5);
+        let decoder = self
+            .transformer_decoder
+            .forward(&pixel.multi_scale_features, pixel.mask_features);
+        criterion.forward(&decoder.last, &decoder.aux, targets, source)
+    }
+}
+
 /// CLIP-VIS set up for training: frozen CLIP on the inner backend, trainable head on `B`.
 #[derive(Debug)]
 pub struct TrainingModel<B: AutodiffBackend> {
@@ -88,17 +106,17 @@ impl<B: AutodiffBackend> TrainingModel<B> {
         let features = self.clip.features(pixels);
         // Constants in the graph: no encoder activations are stored for the backward pass.
         let lift = |t: Tensor<B::InnerBackend, 4>| Tensor::<B, 4>::from_inner(t);
-        let pixel = self.head.pixel_decoder.forward(
-            lift(features.res2),
-            lift(features.res3),
-            lift(features.res4),
-            lift(features.res5),
-        );
-        let decoder = self
-            .head
-            .transformer_decoder
-            .forward(&pixel.multi_scale_features, pixel.mask_features);
-        criterion.forward(&decoder.last, &decoder.aux, targets, source)
+        self.head.losses(
+            [
+                lift(features.res2),
+                lift(features.res3),
+                lift(features.res4),
+                lift(features.res5),
+            ],
+            targets,
+            criterion,
+            source,
+        )
     }
 
     /// The inference model with the current weights (for validation during training).

@@ -4,12 +4,12 @@
 
 use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
-use clip_vis_train::{
-    matching_cost, point_sample, Criterion, CriterionConfig, PointSource, Targets,
-};
+use clip_vis_train::{matching_cost, point_sample, Criterion, CriterionConfig, Targets};
 use clip_vis_transformer_decoder::Prediction;
 use safetensors::SafeTensors;
-use std::collections::VecDeque;
+
+mod common;
+use common::{close, draws, tensor};
 
 type B = Flex;
 
@@ -17,49 +17,6 @@ const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/criterion_cases.safetensors"
 );
-
-/// Hands out the reference's random points in the order the criterion draws them.
-struct Injected(VecDeque<(String, Vec<f32>)>);
-
-impl PointSource for Injected {
-    fn uniform(&mut self, n: usize, count: usize) -> Vec<f32> {
-        let (name, values) = self
-            .0
-            .pop_front()
-            .expect("more point draws than the reference made");
-        assert_eq!(values.len(), n * count * 2, "draw {name}: wrong size");
-        values
-    }
-}
-
-fn tensor(st: &SafeTensors, name: &str) -> Option<(Vec<f32>, Vec<usize>)> {
-    let t = st.tensor(name).ok()?;
-    let values = match t.dtype() {
-        safetensors::Dtype::F32 => t
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect(),
-        safetensors::Dtype::I64 => t
-            .data()
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32)
-            .collect(),
-        other => panic!("{name}: unexpected dtype {other:?}"),
-    };
-    Some((values, t.shape().to_vec()))
-}
-
-fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
-    for (i, (a, b)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (a - b).abs() <= tol * scale,
-            "{what}[{i}]: {a} vs {b} (scale {scale})"
-        );
-    }
-}
 
 fn t<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<B, D> {
     Tensor::from_data(TensorData::new(values, shape), &Default::default())
@@ -158,20 +115,7 @@ fn criterion_equals_the_reference() {
                     1e-5,
                 );
             }
-            let mut draws = VecDeque::new();
-            for b in 0..batch {
-                if counts[b] > 0 {
-                    draws.push_back((format!("match_points{b}"), p(&format!("match_points{b}"))));
-                }
-            }
-            for k in ["cand", "extra"] {
-                if let Some((v, _)) = tensor(&st, &format!("case{i}.out{o}.{k}")) {
-                    if !v.is_empty() {
-                        draws.push_back((k.to_string(), v));
-                    }
-                }
-            }
-            let mut source = Injected(draws);
+            let mut source = draws(&st, &format!("case{i}.out{o}."), &counts);
             let losses = criterion
                 .output_losses(&prediction, &targets, num_masks, &mut source)
                 .unwrap();
