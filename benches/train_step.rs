@@ -4,7 +4,10 @@
 //! step time, each in its own process. Random weights, 2 images with 3 instances each,
 //! 12544 points, DEC_LAYERS 7.
 //!
-//! RAYON_NUM_THREADS=2 cargo bench --bench train_step
+//! CLIP_VIS_TORCH_PYTHON=/opt/refenv/bin/python RAYON_NUM_THREADS=2 cargo bench --bench train_step
+//!
+//! With `CLIP_VIS_TORCH_PYTHON` set, the full-size presets also run `benches/train_step_torch.py`
+//! (the same step in PyTorch 2.5.1, CLIP frozen under `no_grad`) on the same threads.
 //!
 //! `CLIP_VIS_BENCH_TRAIN` (default `tiny:256,rn50:512,convnext:512`) lists `preset:side` runs.
 //! Activation memory grows with the pixel count, so 1024x1024 is estimated as 4x the 512 run's
@@ -139,6 +142,49 @@ fn main() {
             let (loaded, peak, ms) = (v[0] / 1024.0, v[1] / 1024.0, v[2]);
             println!("train_step/{preset} {side}x{side} CLIP {mode} the graph: step {ms:.0} ms, peak {peak:.0} MiB (model loaded {loaded:.0} MiB, step adds {:.0} MiB)", peak - loaded);
             rows.push((mode, peak - loaded));
+        }
+        if preset != "tiny" {
+            if let Ok(python) = std::env::var("CLIP_VIS_TORCH_PYTHON") {
+                let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/train_step_torch.py");
+                let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "2".into());
+                let out = Command::new(python)
+                    .args([
+                        script,
+                        "--preset",
+                        preset,
+                        "--side",
+                        side,
+                        "--threads",
+                        &threads,
+                        "--repeats",
+                        "1",
+                    ])
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout);
+                match text
+                    .lines()
+                    .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                {
+                    Some(v) => {
+                        let kib = |k: &str| v[k].as_f64().unwrap_or(0.0) / 1024.0;
+                        println!(
+                            "  PyTorch: step {:.0} ms, peak {:.0} MiB (loaded {:.0} MiB, step adds {:.0} MiB)",
+                            v["step_ms"].as_f64().unwrap_or(f64::NAN),
+                            kib("peak_rss_kib"),
+                            kib("loaded_rss_kib"),
+                            kib("peak_rss_kib") - kib("loaded_rss_kib")
+                        );
+                    }
+                    None => println!(
+                        "  PyTorch side failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                            .lines()
+                            .last()
+                            .unwrap_or("")
+                    ),
+                }
+            }
         }
         if side != "1024" && rows.len() == 2 {
             let factor = (1024.0 / side.parse::<f64>().unwrap()).powi(2);

@@ -91,10 +91,7 @@ fn criterion_equals_the_reference() {
                 ious: t(p("pred_ious"), [batch, queries, 1]),
             };
             // The matcher's cost matrices on the reference's shared points.
-            for b in 0..batch {
-                if counts[b] == 0 {
-                    continue;
-                }
+            for (b, _) in counts.iter().enumerate().filter(|(_, &n)| n > 0) {
                 let masks = t(p("pred_masks"), [batch, queries, h, w])
                     .slice([b..b + 1, 0..queries, 0..h, 0..w])
                     .reshape([queries, h, w]);

@@ -27,10 +27,13 @@ const WEIGHTS: &str = concat!(
     "/../clip-vis-model/tests/fixtures/clip_vis_small.safetensors"
 );
 
+/// A trainable parameter's shape, values and gradient.
+type ParamGrad = (Vec<usize>, Vec<f32>, Option<Vec<f32>>);
+
 /// Every trainable parameter's shape, values and gradient.
 struct Collect<'a> {
     grads: &'a <A as AutodiffBackend>::Gradients,
-    params: Vec<(Vec<usize>, Vec<f32>, Option<Vec<f32>>)>,
+    params: Vec<ParamGrad>,
 }
 
 impl ModuleVisitor<A> for Collect<'_> {
