@@ -184,24 +184,11 @@ pub fn write_tiny_video_weights(path: &std::path::Path) -> Result<()> {
     let store = tiny_video_store();
     let config = tiny_video_config();
     clip_vis_model::ClipVis::<crate::backend::Default>::load(&store, &config, &Default::default())?;
-    let tensors: Vec<_> = store
-        .requested()
-        .into_iter()
-        .map(|(key, shape)| {
-            let values = store.values(&key, &shape)?;
-            Ok((key, shape, values))
-        })
-        .collect::<std::result::Result<_, clip_vis_clip::ClipError>>()?;
     let metadata = HashMap::from([(
         clip_vis_model::CONFIG_METADATA_KEY.to_string(),
         config.to_json(),
     )]);
-    clip_vis_clip::weights::save_safetensors(
-        path,
-        &tensors,
-        clip_vis_clip::weights::SaveDtype::F32,
-        metadata,
-    )?;
+    store.save_requested(path, clip_vis_clip::weights::SaveDtype::F32, metadata)?;
     Ok(())
 }
 

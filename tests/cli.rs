@@ -1,7 +1,7 @@
 //! The `clip-vis` command line end to end, including the bad inputs a user can give it.
 
 use clip_vis_clip::config::CONFIG_METADATA_KEY;
-use clip_vis_clip::weights::{save_safetensors, SaveDtype, SyntheticFill, TensorStore};
+use clip_vis_clip::weights::{SaveDtype, SyntheticFill, TensorStore};
 use clip_vis_clip::Clip;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,16 +25,10 @@ fn write_tiny_weights(path: &Path) {
     let config = clip_vis::demo::tiny_config();
     let store = TensorStore::synthetic(SyntheticFill::Random(clip_vis::demo::DEMO_SEED));
     Clip::<burn::backend::Flex>::load(&store, &config, &Default::default()).unwrap();
-    let tensors: Vec<_> = store
-        .requested()
-        .into_iter()
-        .map(|(key, shape)| {
-            let values = store.values(&key, &shape).unwrap();
-            (key, shape, values)
-        })
-        .collect();
     let metadata = HashMap::from([(CONFIG_METADATA_KEY.to_string(), config.to_json())]);
-    save_safetensors(path, &tensors, SaveDtype::F32, metadata).unwrap();
+    store
+        .save_requested(path, SaveDtype::F32, metadata)
+        .unwrap();
 }
 
 fn write_png(path: &Path) {

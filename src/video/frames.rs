@@ -110,11 +110,7 @@ pub fn decode_video(video: &Path) -> Result<DecodedVideo> {
             video.display()
         )));
     }
-    let dir = std::env::temp_dir().join(format!(
-        "clip-vis-frames-{}-{}",
-        std::process::id(),
-        unique()
-    ));
+    let dir = super::scratch_path(None, "frames", "");
     std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
         file: dir.clone(),
         source,
@@ -145,12 +141,6 @@ pub fn decode_video(video: &Path) -> Result<DecodedVideo> {
     }
     decoded.frames = list_frames(&dir).map_err(|_| Error::NoFrames(video.display().to_string()))?;
     Ok(decoded)
-}
-
-fn unique() -> usize {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    COUNTER.fetch_add(1, Ordering::Relaxed)
 }
 
 #[cfg(test)]

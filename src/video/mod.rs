@@ -203,6 +203,26 @@ impl FinishedVideo {
     }
 }
 
+/// Maps an I/O error to [`Error::Io`] naming `path`.
+pub(crate) fn io_error(path: &std::path::Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        file: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A fresh path `<dir>/clip-vis-<kind>-<pid>-<n><extension>` for scratch data (`dir`: the
+/// system temporary directory when `None`), unique within the process.
+pub(crate) fn scratch_path(dir: Option<PathBuf>, kind: &str, extension: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    dir.unwrap_or_else(std::env::temp_dir).join(format!(
+        "clip-vis-{kind}-{}-{n}{extension}",
+        std::process::id()
+    ))
+}
+
 /// detectron2's `ResizeShortestEdge` output size `(height, width)`: short side to `short`,
 /// long side capped at `max`, each rounded with `int(x + 0.5)`.
 pub fn resized_size(height: usize, width: usize, short: usize, max: usize) -> (usize, usize) {

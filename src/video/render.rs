@@ -10,6 +10,7 @@ use font8x8::legacy::BASIC_LEGACY;
 use image::codecs::gif::{GifEncoder, Repeat};
 use image::{Delay, Frame, RgbaImage};
 
+use super::io_error;
 use super::{FinishedVideo, TrackSummary};
 use crate::{Error, Result};
 use hotcoco::Rle;
@@ -135,13 +136,6 @@ fn draw_label(image: &mut RgbImage, y: usize, x: usize, color: [u8; 3], text: &s
     }
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        file: path.to_path_buf(),
-        source,
-    }
-}
-
 fn to_image(frame: &RgbImage) -> image::RgbImage {
     image::RgbImage::from_raw(
         frame.width as u32,
@@ -173,10 +167,10 @@ pub fn render_video(
     let shown = shown_tracks(&video.tracks, options);
     let frame_count = video.frames;
     let frames_dir = out.join("frames");
-    std::fs::create_dir_all(&frames_dir).map_err(io(&frames_dir))?;
+    std::fs::create_dir_all(&frames_dir).map_err(io_error(&frames_dir))?;
     let gif_path = out.join("video.gif");
     let gif_tmp = out.join(".video.gif.tmp");
-    let gif_file = std::fs::File::create(&gif_tmp).map_err(io(&gif_tmp))?;
+    let gif_file = std::fs::File::create(&gif_tmp).map_err(io_error(&gif_tmp))?;
     let mut gif = GifEncoder::new_with_speed(std::io::BufWriter::new(gif_file), 20);
     gif.set_repeat(Repeat::Infinite)
         .map_err(|e| Error::Usage(format!("GIF: {e}")))?;
@@ -206,7 +200,7 @@ pub fn render_video(
                 file: png.clone(),
                 message: e.to_string(),
             })?;
-        clip_vis_clip::weights::write_atomically(&png, &bytes).map_err(io(&png))?;
+        clip_vis_clip::weights::write_atomically(&png, &bytes).map_err(io_error(&png))?;
         let scale = (options.gif_max_width as f32 / drawn.width as f32).min(1.0);
         let (gw, gh) = (
             ((drawn.width as f32 * scale) as u32).max(1),
@@ -221,7 +215,7 @@ pub fn render_video(
             })?;
     }
     drop(gif);
-    std::fs::rename(&gif_tmp, &gif_path).map_err(io(&gif_path))?;
+    std::fs::rename(&gif_tmp, &gif_path).map_err(io_error(&gif_path))?;
     let mp4 = if super::frames::ffmpeg_available() {
         let path = out.join("video.mp4");
         let tmp = out.join(".video.tmp.mp4");
@@ -238,9 +232,9 @@ pub fn render_video(
             ])
             .arg(&tmp)
             .status()
-            .map_err(io(&path))?;
+            .map_err(io_error(&path))?;
         if status.success() {
-            std::fs::rename(&tmp, &path).map_err(io(&path))?;
+            std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
             Some(path)
         } else {
             let _ = std::fs::remove_file(&tmp);

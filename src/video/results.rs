@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::io_error;
 use super::{FinishedVideo, Track};
 use crate::{Error, Result};
 
@@ -52,13 +53,6 @@ pub fn records(video_id: u64, tracks: &[Track]) -> Vec<ResultRecord> {
         .collect()
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        file: path.to_path_buf(),
-        source,
-    }
-}
-
 /// A temporary sibling of `path` (renamed over it when complete).
 fn temporary(path: &Path) -> PathBuf {
     let name = path
@@ -84,9 +78,9 @@ impl ResultsWriter {
     /// Starts `path`.
     pub fn create(path: &Path) -> Result<Self> {
         let temporary = temporary(path);
-        let file = File::create(&temporary).map_err(io(&temporary))?;
+        let file = File::create(&temporary).map_err(io_error(&temporary))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        out.write_all(b"[").map_err(io(&temporary))?;
+        out.write_all(b"[").map_err(io_error(&temporary))?;
         Ok(Self {
             path: path.to_path_buf(),
             temporary,
@@ -115,21 +109,24 @@ impl ResultsWriter {
             head.extend_from_slice(b",\"category_id\":");
             serde_json::to_writer(&mut head, &track.category_id).map_err(err)?;
             head.extend_from_slice(b",\"segmentations\":[");
-            self.out.write_all(&head).map_err(io(&self.temporary))?;
+            self.out
+                .write_all(&head)
+                .map_err(io_error(&self.temporary))?;
             for f in 0..video.frames {
-                let counts = video.mask_string(k, f)?;
-                let mut item = Vec::with_capacity(counts.len() + 40);
                 if f > 0 {
-                    item.push(b',');
+                    self.out
+                        .write_all(b",")
+                        .map_err(io_error(&self.temporary))?;
                 }
-                item.extend_from_slice(b"{\"size\":");
-                serde_json::to_writer(&mut item, &[video.size.0, video.size.1]).map_err(err)?;
-                item.extend_from_slice(b",\"counts\":");
-                serde_json::to_writer(&mut item, &counts).map_err(err)?;
-                item.push(b'}');
-                self.out.write_all(&item).map_err(io(&self.temporary))?;
+                let rle = RleJson {
+                    size: [video.size.0, video.size.1],
+                    counts: video.mask_string(k, f)?,
+                };
+                serde_json::to_writer(&mut self.out, &rle).map_err(err)?;
             }
-            self.out.write_all(b"]}").map_err(io(&self.temporary))?;
+            self.out
+                .write_all(b"]}")
+                .map_err(io_error(&self.temporary))?;
             self.records += 1;
         }
         Ok(())
@@ -142,10 +139,15 @@ impl ResultsWriter {
 
     /// Closes the list, syncs, and renames the file into place.
     pub fn finish(mut self) -> Result<PathBuf> {
-        self.out.write_all(b"]").map_err(io(&self.temporary))?;
-        self.out.flush().map_err(io(&self.temporary))?;
-        self.out.get_ref().sync_all().map_err(io(&self.temporary))?;
-        std::fs::rename(&self.temporary, &self.path).map_err(io(&self.path))?;
+        self.out
+            .write_all(b"]")
+            .map_err(io_error(&self.temporary))?;
+        self.out.flush().map_err(io_error(&self.temporary))?;
+        self.out
+            .get_ref()
+            .sync_all()
+            .map_err(io_error(&self.temporary))?;
+        std::fs::rename(&self.temporary, &self.path).map_err(io_error(&self.path))?;
         self.finished = true;
         Ok(self.path.clone())
     }
@@ -163,7 +165,7 @@ impl Drop for ResultsWriter {
 /// Writes `records` (in memory) as a json list to `path`, through a temporary file.
 pub fn write_json(path: &Path, records: &[ResultRecord]) -> Result<()> {
     let json = serde_json::to_vec(records).map_err(|e| Error::Usage(e.to_string()))?;
-    clip_vis_clip::weights::write_atomically(path, &json).map_err(io(path))
+    clip_vis_clip::weights::write_atomically(path, &json).map_err(io_error(path))
 }
 
 /// Zips the file `source` as `name` into `zip` (deflate, streamed in constant memory), the
@@ -172,9 +174,9 @@ pub fn write_json(path: &Path, records: &[ResultRecord]) -> Result<()> {
 /// Layout (PKWARE APPNOTE): local header, data, central directory, end record; the local
 /// header's CRC and sizes are filled in after the data is streamed. No ZIP64: up to 4 GiB.
 pub fn write_zip(source: &Path, name: &str, zip: &Path) -> Result<()> {
-    let input = File::open(source).map_err(io(source))?;
+    let input = File::open(source).map_err(io_error(source))?;
     let temporary = temporary(zip);
-    let mut file = File::create(&temporary).map_err(io(&temporary))?;
+    let mut file = File::create(&temporary).map_err(io_error(&temporary))?;
     let header = |crc: u32, compressed: u32, size: u32| {
         let mut h = Vec::with_capacity(30 + name.len());
         h.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
@@ -192,7 +194,7 @@ pub fn write_zip(source: &Path, name: &str, zip: &Path) -> Result<()> {
         h
     };
     let placeholder = header(0, 0, 0);
-    file.write_all(&placeholder).map_err(io(&temporary))?;
+    file.write_all(&placeholder).map_err(io_error(&temporary))?;
     let mut hasher = crc32fast::Hasher::new();
     let mut size: u64 = 0;
     let mut encoder =
@@ -200,18 +202,20 @@ pub fn write_zip(source: &Path, name: &str, zip: &Path) -> Result<()> {
     let mut reader = std::io::BufReader::with_capacity(1 << 20, input);
     let mut buffer = vec![0u8; 1 << 20];
     loop {
-        let n = reader.read(&mut buffer).map_err(io(source))?;
+        let n = reader.read(&mut buffer).map_err(io_error(source))?;
         if n == 0 {
             break;
         }
         hasher.update(&buffer[..n]);
         size += n as u64;
-        encoder.write_all(&buffer[..n]).map_err(io(&temporary))?;
+        encoder
+            .write_all(&buffer[..n])
+            .map_err(io_error(&temporary))?;
     }
-    let mut writer = encoder.finish().map_err(io(&temporary))?;
-    writer.flush().map_err(io(&temporary))?;
+    let mut writer = encoder.finish().map_err(io_error(&temporary))?;
+    writer.flush().map_err(io_error(&temporary))?;
     drop(writer);
-    let end = file.stream_position().map_err(io(&temporary))?;
+    let end = file.stream_position().map_err(io_error(&temporary))?;
     let compressed = end - placeholder.len() as u64;
     if size > u64::from(u32::MAX) || end > u64::from(u32::MAX) {
         let _ = std::fs::remove_file(&temporary);
@@ -240,12 +244,13 @@ pub fn write_zip(source: &Path, name: &str, zip: &Path) -> Result<()> {
     tail.extend_from_slice(&(central.len() as u32).to_le_bytes());
     tail.extend_from_slice(&(end as u32).to_le_bytes());
     tail.extend_from_slice(&0u16.to_le_bytes());
-    file.write_all(&tail).map_err(io(&temporary))?;
-    file.seek(SeekFrom::Start(0)).map_err(io(&temporary))?;
-    file.write_all(&local).map_err(io(&temporary))?;
-    file.sync_all().map_err(io(&temporary))?;
+    file.write_all(&tail).map_err(io_error(&temporary))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(io_error(&temporary))?;
+    file.write_all(&local).map_err(io_error(&temporary))?;
+    file.sync_all().map_err(io_error(&temporary))?;
     drop(file);
-    std::fs::rename(&temporary, zip).map_err(io(zip))
+    std::fs::rename(&temporary, zip).map_err(io_error(zip))
 }
 
 #[cfg(test)]

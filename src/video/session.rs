@@ -249,6 +249,12 @@ impl<'m, B: Backend> VideoSession<'m, B> {
                 original: (height, width),
             }));
         }
+        // One device-to-host copy per chunk for each output; frames are slices of them.
+        let all_masks = to_host(decoder.last.masks.clone());
+        let all_objects = to_host(decoder.last.object_logits.clone());
+        let all_ious = to_host(decoder.last.ious.clone());
+        let all_embeds = to_host(decoder.embeds.clone());
+        let plane = mask_h * mask_w;
         for b in 0..count {
             let frame = self.frames;
             let t = Instant::now();
@@ -256,44 +262,30 @@ impl<'m, B: Backend> VideoSession<'m, B> {
                 .res5
                 .clone()
                 .slice([b..b + 1, 0..channels, 0..dense_h, 0..dense_w]);
-            let masks =
-                decoder
-                    .last
-                    .masks
-                    .clone()
-                    .slice([b..b + 1, 0..queries, 0..mask_h, 0..mask_w]);
-            let logits = frame_class_logits(
+            let frame_masks = decoder
+                .last
+                .masks
+                .clone()
+                .slice([b..b + 1, 0..queries, 0..mask_h, 0..mask_w])
+                .reshape([queries, mask_h, mask_w]);
+            let logits = to_host(frame_class_logits(
                 &model.clip,
                 &self.classifier,
                 res5,
-                masks.clone().reshape([queries, mask_h, mask_w]),
-            )?;
-            let logits = to_host(logits);
+                frame_masks,
+            )?);
             sync::<B>(&self.device);
             self.timings.classify += t.elapsed();
 
-            let masks = to_host(masks);
-            let objects =
-                to_host(
-                    decoder
-                        .last
-                        .object_logits
-                        .clone()
-                        .slice([b..b + 1, 0..queries, 0..2]),
-                );
-            let ious = to_host(
-                decoder
-                    .last
-                    .ious
-                    .clone()
-                    .slice([b..b + 1, 0..queries, 0..1]),
-            );
-            let embeds = to_host(decoder.embeds.clone().slice([b..b + 1, 0..queries, 0..dim]));
+            let masks = &all_masks[b * queries * plane..(b + 1) * queries * plane];
+            let objects = &all_objects[b * queries * 2..(b + 1) * queries * 2];
+            let ious = &all_ious[b * queries..(b + 1) * queries];
+            let embeds = &all_embeds[b * queries * dim..(b + 1) * queries * dim];
             for (what, values) in [
-                ("class logits", &logits),
-                ("object logits", &objects),
-                ("IoUs", &ious),
-                ("mask logits", &masks),
+                ("class logits", &logits[..]),
+                ("object logits", objects),
+                ("IoUs", ious),
+                ("mask logits", masks),
             ] {
                 if values.iter().any(|v| !v.is_finite()) {
                     return Err(Error::Frame {
@@ -306,20 +298,19 @@ impl<'m, B: Backend> VideoSession<'m, B> {
             }
 
             let t = Instant::now();
-            let perm = self.matcher.assign(&embeds, dim)?;
+            let perm = self.matcher.assign(embeds, dim)?;
             self.timings.matching += t.elapsed();
 
             let t = Instant::now();
             let classes = self.vocabulary.len();
             let probabilities = softmax_rows(&permute_rows(&logits, classes, &perm), classes);
-            let objects = permute_rows(&objects, 2, &perm);
-            let ious = permute_rows(&ious, 1, &perm);
+            let objects = permute_rows(objects, 2, &perm);
+            let ious = permute_rows(ious, 1, &perm);
             self.scores
                 .as_mut()
                 .expect("set on the first chunk")
                 .add_frame(&probabilities, &ious, &objects);
             self.object_logits.extend_from_slice(&objects);
-            let plane = mask_h * mask_w;
             let resizer = self.resizer.as_ref().expect("set on the first chunk");
             let tracks: Vec<(MaskStats, Rle)> = perm
                 .par_iter()

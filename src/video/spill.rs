@@ -8,10 +8,10 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hotcoco::Rle;
 
+use super::{io_error, scratch_path};
 use crate::{Error, Result};
 
 /// One frame's record: per track, class probabilities `[Q, C]` and the output mask.
@@ -31,30 +31,16 @@ pub struct Spill {
     frames: usize,
 }
 
-fn io(path: &std::path::Path) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        file: path.to_path_buf(),
-        source,
-    }
-}
-
 impl Spill {
     /// A new spill file in `dir` (the system temporary directory when `None`).
     pub fn create(dir: Option<PathBuf>) -> Result<Self> {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let dir = dir.unwrap_or_else(std::env::temp_dir);
-        let name = format!(
-            "clip-vis-spill-{}-{}.bin",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let path = dir.join(name);
+        let path = scratch_path(dir, "spill", ".bin");
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(&path)
-            .map_err(io(&path))?;
+            .map_err(io_error(&path))?;
         Ok(Self {
             writer: BufWriter::with_capacity(1 << 20, file),
             path,
@@ -78,7 +64,9 @@ impl Spill {
                 bytes.extend_from_slice(&c.to_le_bytes());
             }
         }
-        self.writer.write_all(&bytes).map_err(io(&self.path))?;
+        self.writer
+            .write_all(&bytes)
+            .map_err(io_error(&self.path))?;
         self.frames += 1;
         Ok(())
     }
@@ -98,27 +86,32 @@ impl Spill {
         &mut self,
         mut visit: impl FnMut(usize, FrameRecord) -> Result<()>,
     ) -> Result<()> {
-        self.writer.flush().map_err(io(&self.path))?;
-        let mut file = self.writer.get_ref().try_clone().map_err(io(&self.path))?;
-        file.seek(SeekFrom::Start(0)).map_err(io(&self.path))?;
+        self.writer.flush().map_err(io_error(&self.path))?;
+        let mut file = self
+            .writer
+            .get_ref()
+            .try_clone()
+            .map_err(io_error(&self.path))?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(io_error(&self.path))?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let path = self.path.clone();
         let u32_at = |reader: &mut BufReader<File>| -> Result<u32> {
             let mut b = [0u8; 4];
-            reader.read_exact(&mut b).map_err(io(&path))?;
+            reader.read_exact(&mut b).map_err(io_error(&path))?;
             Ok(u32::from_le_bytes(b))
         };
         for frame in 0..self.frames {
             let mut b8 = [0u8; 8];
-            reader.read_exact(&mut b8).map_err(io(&self.path))?;
+            reader.read_exact(&mut b8).map_err(io_error(&self.path))?;
             let n = u64::from_le_bytes(b8) as usize;
             let mut raw = vec![0u8; n * 4];
-            reader.read_exact(&mut raw).map_err(io(&self.path))?;
+            reader.read_exact(&mut raw).map_err(io_error(&self.path))?;
             let probabilities = raw
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
                 .collect();
-            reader.read_exact(&mut b8).map_err(io(&self.path))?;
+            reader.read_exact(&mut b8).map_err(io_error(&self.path))?;
             let tracks = u64::from_le_bytes(b8) as usize;
             let mut masks = Vec::with_capacity(tracks);
             for _ in 0..tracks {
@@ -126,7 +119,7 @@ impl Spill {
                 let w = u32_at(&mut reader)?;
                 let len = u32_at(&mut reader)? as usize;
                 let mut raw = vec![0u8; len * 4];
-                reader.read_exact(&mut raw).map_err(io(&self.path))?;
+                reader.read_exact(&mut raw).map_err(io_error(&self.path))?;
                 let counts = raw
                     .chunks_exact(4)
                     .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
@@ -142,7 +135,9 @@ impl Spill {
             )?;
         }
         // Further pushes append after the records read.
-        self.writer.seek(SeekFrom::End(0)).map_err(io(&self.path))?;
+        self.writer
+            .seek(SeekFrom::End(0))
+            .map_err(io_error(&self.path))?;
         Ok(())
     }
 }
@@ -204,19 +199,13 @@ pub struct MaskSpill {
 impl MaskSpill {
     /// A new mask file for `tracks` tracks in `dir` (the system temporary directory when `None`).
     pub fn create(dir: Option<PathBuf>, tracks: usize) -> Result<Self> {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let dir = dir.unwrap_or_else(std::env::temp_dir);
-        let path = dir.join(format!(
-            "clip-vis-masks-{}-{}.bin",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
+        let path = scratch_path(dir, "masks", ".bin");
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(&path)
-            .map_err(io(&path))?;
+            .map_err(io_error(&path))?;
         Ok(Self {
             path,
             file,
@@ -231,14 +220,16 @@ impl MaskSpill {
         debug_assert_eq!(strings.len(), self.tracks);
         self.file
             .seek(SeekFrom::Start(self.writer_pos))
-            .map_err(io(&self.path))?;
+            .map_err(io_error(&self.path))?;
         let mut writer = BufWriter::new(&self.file);
         for s in strings {
-            writer.write_all(s.as_bytes()).map_err(io(&self.path))?;
+            writer
+                .write_all(s.as_bytes())
+                .map_err(io_error(&self.path))?;
             self.index.push((self.writer_pos, s.len() as u32));
             self.writer_pos += s.len() as u64;
         }
-        writer.flush().map_err(io(&self.path))?;
+        writer.flush().map_err(io_error(&self.path))?;
         Ok(())
     }
 
@@ -252,9 +243,11 @@ impl MaskSpill {
         let (offset, len) = self.index[frame * self.tracks + track];
         self.file
             .seek(SeekFrom::Start(offset))
-            .map_err(io(&self.path))?;
+            .map_err(io_error(&self.path))?;
         let mut bytes = vec![0u8; len as usize];
-        self.file.read_exact(&mut bytes).map_err(io(&self.path))?;
+        self.file
+            .read_exact(&mut bytes)
+            .map_err(io_error(&self.path))?;
         String::from_utf8(bytes).map_err(|e| Error::Io {
             file: self.path.clone(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),

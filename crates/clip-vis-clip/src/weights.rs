@@ -127,6 +127,25 @@ impl TensorStore {
             .unwrap_or_default()
     }
 
+    /// Writes every tensor a synthetic store handed out (see [`requested`](Self::requested))
+    /// as a safetensors file with `metadata`: a model built from the store, saved as weights.
+    pub fn save_requested(
+        &self,
+        path: &Path,
+        dtype: SaveDtype,
+        metadata: HashMap<String, String>,
+    ) -> Result<()> {
+        let tensors = self
+            .requested()
+            .into_iter()
+            .map(|(key, shape)| {
+                let values = self.values(&key, &shape)?;
+                Ok((key, shape, values))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        save_safetensors(path, &tensors, dtype, metadata)
+    }
+
     fn from_safetensors_bytes(file: &Path, bytes: &[u8]) -> Result<Self> {
         let format_error = |message: String| ClipError::Format {
             file: file.to_path_buf(),

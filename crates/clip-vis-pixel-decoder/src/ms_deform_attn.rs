@@ -154,8 +154,8 @@ impl<B: Backend> MsDeformAttn<B> {
         linear_flat(&self.output_proj, sampled)
     }
 
-    /// Differentiable core: per level, [`crate::sampling::sample_bilinear`] over
-    /// `[batch·heads, head_dim, H, W]` at all `queries · points` locations.
+    /// Differentiable core: per level, [`crate::sampling::sample_bilinear`] at all
+    /// `queries · points` locations.
     fn sample_gather(
         &self,
         value: Tensor<B, 3>,
@@ -163,53 +163,24 @@ impl<B: Backend> MsDeformAttn<B> {
         weights: Tensor<B, 4>,
         spatial_shapes: &[(usize, usize)],
     ) -> Tensor<B, 3> {
-        let [batch, _, d] = value.dims();
-        let [_, queries, heads, levels, points, _] = locations.dims();
-        let head_dim = d / heads;
-        let mut sampled = Vec::with_capacity(levels);
-        let mut start = 0;
-        for (level, &(h, w)) in spatial_shapes.iter().enumerate() {
-            let level_value = value
-                .clone()
-                .slice([0..batch, start..start + h * w, 0..d])
-                .reshape([batch, h * w, heads, head_dim])
-                .permute([0, 2, 3, 1])
-                .reshape([batch * heads, head_dim, h, w]);
-            start += h * w;
-            let coords = locations
-                .clone()
-                .slice([
-                    0..batch,
-                    0..queries,
-                    0..heads,
-                    level..level + 1,
-                    0..points,
-                    0..2,
-                ])
-                .reshape([batch, queries, heads, points, 2])
-                .permute([0, 2, 1, 3, 4])
-                .reshape([batch * heads, queries * points, 2]);
-            sampled.push(
-                crate::sampling::sample_bilinear(level_value, coords).reshape([
-                    batch * heads,
-                    head_dim,
-                    queries,
-                    points,
-                ]),
-            );
-        }
-        let sampled = Tensor::cat(sampled, 3);
-        let weights =
-            weights
-                .permute([0, 2, 1, 3])
-                .reshape([batch * heads, 1, queries, levels * points]);
-        (sampled * weights)
-            .sum_dim(3)
-            .reshape([batch, heads * head_dim, queries])
-            .swap_dims(1, 2)
+        Self::sample_levels(
+            value,
+            locations,
+            weights,
+            spatial_shapes,
+            |level_value, coords| {
+                let [n, queries, points, _] = coords.dims();
+                let [_, head_dim, _, _] = level_value.dims();
+                crate::sampling::sample_bilinear(
+                    level_value,
+                    coords.reshape([n, queries * points, 2]),
+                )
+                .reshape([n, head_dim, queries, points])
+            },
+        )
     }
 
-    /// Generic core: one `grid_sample_2d` per level over `[batch·heads, head_dim, H, W]`.
+    /// Generic core: one `grid_sample_2d` per level.
     fn sample_grid(
         &self,
         value: Tensor<B, 3>,
@@ -217,11 +188,35 @@ impl<B: Backend> MsDeformAttn<B> {
         weights: Tensor<B, 4>,
         spatial_shapes: &[(usize, usize)],
     ) -> Tensor<B, 3> {
+        Self::sample_levels(
+            value,
+            locations,
+            weights,
+            spatial_shapes,
+            |level_value, coords| {
+                // grid_sample takes [-1, 1].
+                level_value.grid_sample_2d(
+                    coords * 2.0 - 1.0,
+                    GridSampleOptions::new(InterpolateMode::Bilinear),
+                )
+            },
+        )
+    }
+
+    /// The tensor cores' common frame: each level's values as `[batch·heads, head_dim, H, W]`
+    /// and its locations as `[batch·heads, queries, points, 2]` (`[0, 1]`) go to
+    /// `sample_level`, which returns `[batch·heads, head_dim, queries, points]`; the samples
+    /// of all levels are weighted and summed into `[batch, queries, d]`.
+    fn sample_levels(
+        value: Tensor<B, 3>,
+        locations: Tensor<B, 6>,
+        weights: Tensor<B, 4>,
+        spatial_shapes: &[(usize, usize)],
+        sample_level: impl Fn(Tensor<B, 4>, Tensor<B, 4>) -> Tensor<B, 4>,
+    ) -> Tensor<B, 3> {
         let [batch, _, d] = value.dims();
         let [_, queries, heads, levels, points, _] = locations.dims();
         let head_dim = d / heads;
-        // grid_sample takes [-1, 1].
-        let grids = locations * 2.0 - 1.0;
         let mut sampled = Vec::with_capacity(levels);
         let mut start = 0;
         for (level, &(h, w)) in spatial_shapes.iter().enumerate() {
@@ -234,7 +229,7 @@ impl<B: Backend> MsDeformAttn<B> {
                 .reshape([batch * heads, head_dim, h, w]);
             start += h * w;
             // [batch, queries, heads, points, 2] → [batch·heads, queries, points, 2]
-            let grid = grids
+            let coords = locations
                 .clone()
                 .slice([
                     0..batch,
@@ -247,9 +242,7 @@ impl<B: Backend> MsDeformAttn<B> {
                 .reshape([batch, queries, heads, points, 2])
                 .permute([0, 2, 1, 3, 4])
                 .reshape([batch * heads, queries, points, 2]);
-            sampled.push(
-                level_value.grid_sample_2d(grid, GridSampleOptions::new(InterpolateMode::Bilinear)),
-            );
+            sampled.push(sample_level(level_value, coords));
         }
         // [batch·heads, head_dim, queries, levels·points], weighted over the last axis.
         let sampled = Tensor::cat(sampled, 3);

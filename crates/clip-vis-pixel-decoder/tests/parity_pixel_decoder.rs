@@ -11,6 +11,7 @@ mod common;
 
 use burn::tensor::backend::Backend;
 use clip_vis_clip::TensorStore;
+use clip_vis_pixel_decoder::ms_deform_attn::SamplingCore;
 use clip_vis_pixel_decoder::{
     MsDeformAttn, MsDeformAttnConfig, MsDeformAttnPixelDecoder, PixelDecoderConfig,
 };
@@ -30,7 +31,8 @@ fn spatial_shapes(store: &TensorStore) -> Vec<(usize, usize)> {
         .collect()
 }
 
-fn check_ms_deform_attn<B: Backend>(device: &B::Device) {
+/// `core`: the sampling core to force (`None`: the module's own choice for the backend).
+fn check_ms_deform_attn<B: Backend>(device: &B::Device, core: Option<SamplingCore>) {
     let store = fixture("ms_deform_attn.safetensors");
     let meta = config(&store);
     let get = |k: &str| meta[k].as_u64().unwrap_or_else(|| panic!("config {k}")) as usize;
@@ -41,12 +43,15 @@ fn check_ms_deform_attn<B: Backend>(device: &B::Device) {
         points: get("points"),
     };
     let module = MsDeformAttn::<B>::load(&store, "", &config, device).expect("weights");
-    let output = module.forward(
+    let (query, reference, value) = (
         io(&store, "query", device),
         io(&store, "reference_points", device),
         io(&store, "value", device),
-        &spatial_shapes(&store),
     );
+    let output = match core {
+        Some(core) => module.forward_with(core, query, reference, value, &spatial_shapes(&store)),
+        None => module.forward(query, reference, value, &spatial_shapes(&store)),
+    };
     assert_close(
         "ms_deform_attn output",
         output,
@@ -83,12 +88,12 @@ fn check_pixel_decoder<B: Backend>(device: &B::Device) {
 
 #[test]
 fn ms_deform_attn_matches_pytorch_on_flex() {
-    check_ms_deform_attn::<burn::backend::Flex>(&Default::default());
+    check_ms_deform_attn::<burn::backend::Flex>(&Default::default(), None);
 }
 
 #[test]
 fn ms_deform_attn_matches_pytorch_on_ndarray() {
-    check_ms_deform_attn::<burn::backend::NdArray>(&Default::default());
+    check_ms_deform_attn::<burn::backend::NdArray>(&Default::default(), None);
 }
 
 #[test]
@@ -104,10 +109,19 @@ fn pixel_decoder_matches_pytorch_on_ndarray() {
 /// Under autodiff the sampling runs through differentiable gathers (`SamplingCore::Gather`).
 #[test]
 fn ms_deform_attn_matches_pytorch_under_autodiff() {
-    check_ms_deform_attn::<burn::backend::Autodiff<burn::backend::Flex>>(&Default::default());
+    check_ms_deform_attn::<burn::backend::Autodiff<burn::backend::Flex>>(&Default::default(), None);
 }
 
 #[test]
 fn pixel_decoder_matches_pytorch_under_autodiff() {
     check_pixel_decoder::<burn::backend::Autodiff<burn::backend::Flex>>(&Default::default());
+}
+
+/// The `grid_sample_2d` core (the GPU backends' default) on the CPU.
+#[test]
+fn ms_deform_attn_grid_sample_core_matches_pytorch() {
+    check_ms_deform_attn::<burn::backend::Flex>(
+        &Default::default(),
+        Some(SamplingCore::GridSample),
+    );
 }

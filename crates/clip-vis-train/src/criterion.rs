@@ -8,7 +8,7 @@ use clip_vis_transformer_decoder::Prediction;
 
 use crate::matcher::{match_image, Assignment, MatcherConfig};
 use crate::points::{point_sample, uncertain_points, PointSource};
-use crate::{Result, TrainError};
+use crate::{log1p_exp_neg_abs, Result, TrainError};
 
 /// Loss weights and sampling of the criterion (the released code's values by default).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -258,7 +258,7 @@ impl Criterion {
             .detach();
 
         let bce = relu(logits.clone()) - logits.clone() * labels.clone()
-            + logits.clone().abs().neg().exp().log1p();
+            + log1p_exp_neg_abs(logits.clone());
         let mask = bce.mean_dim(1).sum() / num_masks;
         let prob = sigmoid(logits.clone());
         let numerator = (prob.clone() * labels.clone()).sum_dim(1) * 2.0;

@@ -16,6 +16,14 @@ pub use matcher::{match_image, matching_cost, Assignment, MatcherConfig};
 pub use points::{point_sample, uncertain_points, PointSource, SeededPoints};
 pub use step::{TrainableHead, TrainingModel};
 
+/// `log(1 + exp(−|x|))`, the stable tail of the logistic losses (BCE with logits is
+/// `max(x, 0) − x·t + log(1 + exp(−|x|))`).
+pub(crate) fn log1p_exp_neg_abs<B: burn::tensor::backend::Backend, const D: usize>(
+    x: burn::tensor::Tensor<B, D>,
+) -> burn::tensor::Tensor<B, D> {
+    x.abs().neg().exp().log1p()
+}
+
 /// Training failures, each naming what was wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

@@ -7,7 +7,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
 use crate::points::{point_sample, PointSource};
-use crate::{Result, TrainError};
+use crate::{log1p_exp_neg_abs, Result, TrainError};
 
 /// Cost weights and point count of the matcher.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,11 +41,6 @@ pub struct Assignment {
     pub queries: Vec<usize>,
     /// The target index of each.
     pub targets: Vec<usize>,
-}
-
-/// `log(1 + exp(−|x|))`, the stable tail of the logistic losses.
-fn log1p_exp_neg_abs<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    x.abs().neg().exp().log1p()
 }
 
 /// The cost matrix `[queries, targets]` of one image: `masks` `[Q, h, w]` logits,
