@@ -21,6 +21,20 @@ pub type Cpu = burn::backend::Flex;
 /// The CPU backend used for host-side work (`ndarray`).
 pub type Cpu = burn::backend::NdArray;
 
+/// `count` devices of [`Default`](type@Default) for data-parallel training: GPUs `0..count`
+/// with `cuda`; on the CPU backends `count` ranks share the one CPU device (each rank is a
+/// thread; useful to test a data-parallel setup, not for speed).
+pub fn devices(count: usize) -> Vec<burn::tensor::Device<Default>> {
+    #[cfg(feature = "cuda")]
+    {
+        (0..count).map(burn::backend::cuda::CudaDevice::new).collect()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        vec![std::default::Default::default(); count]
+    }
+}
+
 /// Human-readable name of [`Default`](type@Default).
 pub fn name() -> &'static str {
     if cfg!(feature = "cuda") {

@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::ZeroShot;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor, TensorData};
-use clip_vis_clip::config::{ClipConfig, ConvNextConfig, TextActivation, TextConfig, VisionConfig};
+use clip_vis_clip::config::ClipConfig;
 use clip_vis_clip::preprocess::{normalize_and_pad, RgbImage};
 use clip_vis_clip::weights::{SyntheticFill, TensorStore};
 use clip_vis_clip::zero_shot::{Templates, TextClassifier};
@@ -19,25 +19,9 @@ use clip_vis_clip::Clip;
 /// Seed of the demo model's weights.
 pub const DEMO_SEED: u64 = 2024;
 
-/// A ConvNeXt CLIP small enough to build in a blink, with the real 49408-token vocabulary.
+/// The tiny CLIP of the demo ([`ClipConfig::tiny`]).
 pub fn tiny_config() -> ClipConfig {
-    ClipConfig {
-        name: "tiny-demo".into(),
-        embed_dim: 64,
-        vision: VisionConfig::Convnext(ConvNextConfig {
-            depths: [1, 1, 2, 1],
-            dims: [16, 32, 64, 128],
-            image_size: 128,
-        }),
-        text: TextConfig {
-            context_length: 77,
-            vocab_size: 49408,
-            width: 64,
-            heads: 4,
-            layers: 2,
-            activation: TextActivation::Gelu,
-        },
-    }
+    ClipConfig::tiny()
 }
 
 /// The tiny model with seeded random weights.
@@ -117,37 +101,9 @@ pub fn run<B: Backend>(labels: &[&str], device: &B::Device) -> Result<DemoReport
     })
 }
 
-/// A CLIP-VIS model small enough to run a video in seconds on a laptop CPU: the tiny CLIP above,
-/// a 2-layer pixel decoder and a 3-layer decoder of width 32 with 20 queries.
+/// The tiny CLIP-VIS of the demo ([`clip_vis_model::ClipVisConfig::tiny`]).
 pub fn tiny_video_config() -> clip_vis_model::ClipVisConfig {
-    use clip_vis_pixel_decoder::PixelDecoderConfig;
-    use clip_vis_transformer_decoder::TransformerDecoderConfig;
-    let clip = tiny_config();
-    let channels = match &clip.vision {
-        clip_vis_clip::config::VisionConfig::Convnext(c) => c.dims,
-        _ => unreachable!("the tiny CLIP is a ConvNeXt"),
-    };
-    clip_vis_model::ClipVisConfig {
-        clip,
-        pixel_decoder: PixelDecoderConfig {
-            in_channels: channels,
-            conv_dim: 32,
-            mask_dim: 32,
-            heads: 4,
-            points: 2,
-            encoder_layers: 2,
-            ffn_dim: 64,
-            groups: 8,
-        },
-        transformer_decoder: TransformerDecoderConfig {
-            hidden_dim: 32,
-            heads: 4,
-            ffn_dim: 64,
-            num_queries: 20,
-            layers: 3,
-            mask_dim: 32,
-        },
-    }
+    clip_vis_model::ClipVisConfig::tiny()
 }
 
 /// The tiny video model's weights: every tensor [`tiny_video_model`] reads, seeded.
@@ -218,4 +174,104 @@ pub fn synthetic_frame(index: usize, width: usize, height: usize) -> RgbImage {
         }
     }
     RgbImage::new(width, height, pixels).expect("consistent size")
+}
+
+/// Seed of the demo model's frozen tiny CLIP ([`ClipWeights::Seeded`](clip_vis_train::ClipWeights)).
+pub const DEMO_CLIP_SEED: u64 = DEMO_SEED;
+
+/// The demo model's decoders, trained with clip-vis on synthetic shapes (the exact commands are
+/// in `assets/demo/README.md`): `sem_seg_head.*` tensors of [`ClipVisConfig::tiny`](clip_vis_model::ClipVisConfig::tiny).
+pub const DEMO_DECODERS: &[u8] = include_bytes!("../assets/demo/decoders.safetensors");
+
+/// The trained demo model's weights: the seeded tiny CLIP and the embedded decoders, under the
+/// detectron2 names of a CLIP-VIS file.
+pub fn demo_store() -> Result<TensorStore> {
+    use clip_vis_clip::model::CLIP_VIS_PREFIX;
+    let config = clip_vis_model::ClipVisConfig::tiny();
+    let clip = clip_vis_train::ClipWeights::Seeded {
+        seed: DEMO_CLIP_SEED,
+    };
+    let mut sink = clip_vis_clip::TensorSink::new();
+    sink.put_store(&clip_vis_train::clip_store(&clip, &config)?, CLIP_VIS_PREFIX)?;
+    let decoders = TensorStore::from_bytes("<embedded demo decoders>", DEMO_DECODERS)?;
+    sink.put_store(&decoders, "")?;
+    Ok(sink.into_store(
+        "<demo model>",
+        clip_vis_model::weights_metadata(&config),
+    ))
+}
+
+/// The trained demo model (tiny CLIP-VIS whose mask generator was trained on synthetic shapes;
+/// its CLIP is random, so its category names mean nothing, its masks and tracks do).
+pub fn demo_model<B: Backend>(device: &B::Device) -> Result<clip_vis_model::ClipVis<B>> {
+    let store = demo_store()?;
+    let model = clip_vis_model::ClipVis::load(&store, &clip_vis_model::ClipVisConfig::tiny(), device)?;
+    store.ensure_all_used()?;
+    Ok(model)
+}
+
+/// Writes the demo model as a clip-vis weights file (for `clip-vis segment --weights`).
+pub fn write_demo_model(path: &std::path::Path) -> Result<()> {
+    let store = demo_store()?;
+    clip_vis_clip::weights::save_safetensors(
+        path,
+        &store.parameters(),
+        clip_vis_clip::weights::SaveDtype::F32,
+        store.metadata().clone(),
+    )?;
+    Ok(())
+}
+
+/// Class-agnostic video mask AP of `video`'s tracks against the YouTube-VIS-layout ground truth
+/// in `ground_truth` (video id `video_id`): every category counts as one, and each track
+/// (query) is one detection with the score of its best (track, category) pair. This measures
+/// what the mask generator and the temporal matching do, whatever the vocabulary.
+pub fn class_agnostic_video_ap(
+    ground_truth: &std::path::Path,
+    video_id: u64,
+    video: &mut crate::video::FinishedVideo,
+) -> Result<clip_vis_eval::Summary> {
+    use clip_vis_eval::track::TrackMasks;
+    use clip_vis_eval::{Category, GroundTruth, Protocol, Track};
+    let truth = GroundTruth::from_file(ground_truth)?;
+    let object = vec![Category {
+        id: 1,
+        name: "object".into(),
+        partition: None,
+    }];
+    let tracks = truth
+        .tracks
+        .iter()
+        .cloned()
+        .map(|mut t| {
+            t.category_id = 1;
+            t
+        })
+        .collect();
+    let truth = GroundTruth::new(truth.videos.clone(), object, tracks)?;
+    let index = truth.video_index(video_id).ok_or_else(|| {
+        crate::Error::Usage(format!(
+            "{}: no video {video_id}",
+            ground_truth.display()
+        ))
+    })?;
+    let (h, w) = video.size;
+    let mut seen = std::collections::HashSet::new();
+    let mut detections = Vec::new();
+    for k in 0..video.tracks.len() {
+        // Tracks come best first: a query's first pair is its best.
+        if !seen.insert(video.tracks[k].query) {
+            continue;
+        }
+        let masks = (0..video.frames)
+            .map(|f| video.mask(k, f).map(Some))
+            .collect::<Result<Vec<_>>>()?;
+        detections.push(Track::new(
+            index,
+            1,
+            f64::from(video.tracks[k].score),
+            TrackMasks::from_rles(h, w, masks),
+        ));
+    }
+    Ok(clip_vis_eval::evaluate(&truth, &detections, &Protocol::Ytvis { novel: Vec::new() }).all)
 }

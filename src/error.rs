@@ -11,6 +11,9 @@ pub enum Error {
     /// From the assembled model (checkpoint layout, layer count, inputs).
     #[error(transparent)]
     Model(#[from] clip_vis_model::ModelError),
+    /// From training (datasets, checkpoints, the loop).
+    #[error(transparent)]
+    Train(#[from] clip_vis_train::TrainError),
     /// From the evaluator (ground truth, results).
     #[error(transparent)]
     Eval(#[from] clip_vis_eval::EvalError),

@@ -2,23 +2,16 @@
 
 use crate::error::{Error, Result};
 use clip_vis_clip::preprocess::RgbImage;
+use clip_vis_train::TrainError;
 use std::path::Path;
 
-/// Decodes an image file (PNG, JPEG, BMP, WebP, GIF) to 8-bit RGB. Alpha is dropped and grey
+/// Decodes an image file (PNG, JPEG, BMP, WebP, GIF) to 8-bit RGB, upright by its EXIF
+/// orientation, as detectron2's `read_image(file, "RGB")` does: alpha is dropped and grey
 /// levels replicated, as PIL's `convert("RGB")` does.
 pub fn read_rgb(path: &Path) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        file: path.to_path_buf(),
-        source,
-    })?;
-    let decoded = image::load_from_memory(&bytes).map_err(|e| Error::Image {
-        file: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    let rgb = decoded.to_rgb8();
-    let (width, height) = (rgb.width() as usize, rgb.height() as usize);
-    RgbImage::new(width, height, rgb.into_raw()).map_err(|e| Error::Image {
-        file: path.to_path_buf(),
-        message: e.to_string(),
+    clip_vis_train::data::read_image(path).map_err(|e| match e {
+        TrainError::Io { file, source } => Error::Io { file, source },
+        TrainError::Image { file, message } => Error::Image { file, message },
+        other => Error::Train(other),
     })
 }

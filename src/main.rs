@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! clip-vis demo
+//! clip-vis synth images --count 2000 --out synth/
 //! clip-vis segment --weights clipvis_lvis_r50_7.pth --vocab "cat,dog,hard drive" --video cat.mp4 --out out/
 //! clip-vis zero-shot --clip RN50.safetensors --image cat.jpg --labels "cat,dog,hard drive"
 //! clip-vis weights fetch RN50            (with --features fetch)
@@ -19,6 +20,8 @@ use std::process::ExitCode;
 
 #[path = "cli/segment.rs"]
 mod segment;
+#[path = "cli/synth.rs"]
+mod synth;
 
 /// Open-vocabulary video instance segmentation (CLIP-VIS) in pure Rust.
 #[derive(Debug, Parser)]
@@ -36,6 +39,10 @@ enum Command {
     /// Segment, track and name every object of a video (or a dataset split) with your own
     /// vocabulary; writes results.json, results.zip and pictures.
     Segment(segment::SegmentArgs),
+    /// Synthetic data with exact ground truth: COCO-style pictures or YouTube-VIS-style
+    /// videos of textured moving shapes (for training, tests and benchmarks).
+    #[command(subcommand)]
+    Synth(synth::SynthArgs),
     /// Classify an image against labels typed on the command line (CLIP zero-shot).
     ZeroShot {
         /// CLIP weights: an open_clip checkpoint as published, or a `weights-convert` output.
@@ -155,6 +162,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo(args) => segment::demo(args),
         Command::Segment(args) => segment::segment(args),
+        Command::Synth(args) => synth::synth(args),
         Command::ZeroShot {
             clip,
             image,

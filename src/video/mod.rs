@@ -223,23 +223,7 @@ pub(crate) fn scratch_path(dir: Option<PathBuf>, kind: &str, extension: &str) ->
     ))
 }
 
-/// detectron2's `ResizeShortestEdge` output size `(height, width)`: short side to `short`,
-/// long side capped at `max`, each rounded with `int(x + 0.5)`.
-pub fn resized_size(height: usize, width: usize, short: usize, max: usize) -> (usize, usize) {
-    let (h, w) = (height as f64, width as f64);
-    let scale = short as f64 / h.min(w);
-    let (mut new_h, mut new_w) = if h < w {
-        (short as f64, scale * w)
-    } else {
-        (scale * h, short as f64)
-    };
-    if new_h.max(new_w) > max as f64 {
-        let rescale = max as f64 / new_h.max(new_w);
-        new_h *= rescale;
-        new_w *= rescale;
-    }
-    ((new_h + 0.5) as usize, (new_w + 0.5) as usize)
-}
+pub use clip_vis_clip::preprocess::resized_size;
 
 /// Segments a whole video in one call: builds (or reuses from `cache`) the text classifier of
 /// `vocabulary`, streams `frames` through a [`VideoSession`] and returns the tracks.

@@ -129,6 +129,28 @@ impl ClipConfig {
         }
     }
 
+    /// A ConvNeXt CLIP small enough to build in a blink (widths 16–128, a 2-layer text tower of
+    /// width 64) with the real 49408-token vocabulary: the built-in demo's and the tests' tower.
+    pub fn tiny() -> Self {
+        Self {
+            name: "tiny-demo".into(),
+            embed_dim: 64,
+            vision: VisionConfig::Convnext(ConvNextConfig {
+                depths: [1, 1, 2, 1],
+                dims: [16, 32, 64, 128],
+                image_size: 128,
+            }),
+            text: TextConfig {
+                context_length: 77,
+                vocab_size: 49408,
+                width: 64,
+                heads: 4,
+                layers: 2,
+                activation: TextActivation::Gelu,
+            },
+        }
+    }
+
     /// The preset with this open_clip model name, if clip-vis has one.
     pub fn preset(name: &str) -> Option<Self> {
         match name {

@@ -33,7 +33,7 @@ pub use config::{
 };
 pub use error::{ClipError, Result};
 pub use model::{Clip, VisionTower};
-pub use weights::TensorStore;
+pub use weights::{TensorSink, TensorStore};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;

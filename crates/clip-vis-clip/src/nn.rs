@@ -6,7 +6,7 @@
 //! the expected shape checked there.
 
 use crate::error::Result;
-use crate::weights::TensorStore;
+use crate::weights::{TensorSink, TensorStore};
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
@@ -40,6 +40,15 @@ pub fn load_linear<B: Backend>(
     })
 }
 
+/// Writes a Burn [`Linear`] as a PyTorch `nn.Linear` under `{key}.weight` (`[out, in]`) and
+/// `{key}.bias`: the inverse of [`load_linear`].
+pub fn save_linear<B: Backend>(sink: &mut TensorSink, key: &str, linear: &Linear<B>) {
+    sink.put(format!("{key}.weight"), linear.weight.val().transpose());
+    if let Some(bias) = &linear.bias {
+        sink.put(format!("{key}.bias"), bias.val());
+    }
+}
+
 /// Layer normalisation over the last dimension (PyTorch `nn.LayerNorm`).
 #[derive(Module, Debug)]
 pub struct LayerNorm<B: Backend> {
@@ -65,6 +74,12 @@ impl<B: Backend> LayerNorm<B> {
             beta: Param::from_tensor(store.tensor(&format!("{key}.bias"), [d_model], device)?),
             epsilon,
         })
+    }
+
+    /// Writes `{key}.weight` and `{key}.bias` (the inverse of [`LayerNorm::load`]).
+    pub fn save(&self, sink: &mut TensorSink, key: &str) {
+        sink.put(format!("{key}.weight"), self.gamma.val());
+        sink.put(format!("{key}.bias"), self.beta.val());
     }
 
     /// Normalises the last dimension.
@@ -183,6 +198,14 @@ impl<B: Backend> Conv2d<B> {
             padding: spec.padding,
             groups: spec.groups,
         })
+    }
+
+    /// Writes `{key}.weight` (and `{key}.bias`): the inverse of [`Conv2d::load`].
+    pub fn save(&self, sink: &mut TensorSink, key: &str) {
+        sink.put(format!("{key}.weight"), self.weight.val());
+        if let Some(bias) = &self.bias {
+            sink.put(format!("{key}.bias"), bias.val());
+        }
     }
 
     /// Loads a bias-free convolution followed by an inference-mode `BatchNorm2d` (eps 1e-5),

@@ -99,6 +99,24 @@ pub fn resize_and_center_crop(image: &RgbImage, image_size: usize) -> RgbImage {
     }
 }
 
+/// detectron2's `ResizeShortestEdge` output size `(height, width)`: short side to `short`,
+/// long side capped at `max`, each rounded with `int(x + 0.5)`.
+pub fn resized_size(height: usize, width: usize, short: usize, max: usize) -> (usize, usize) {
+    let (h, w) = (height as f64, width as f64);
+    let scale = short as f64 / h.min(w);
+    let (mut new_h, mut new_w) = if h < w {
+        (short as f64, scale * w)
+    } else {
+        (scale * h, short as f64)
+    };
+    if new_h.max(new_w) > max as f64 {
+        let rescale = max as f64 / new_h.max(new_w);
+        new_h *= rescale;
+        new_w *= rescale;
+    }
+    ((new_h + 0.5) as usize, (new_w + 0.5) as usize)
+}
+
 /// PIL's `Image.resize(..., BICUBIC)` on 8-bit RGB (Pillow 13): separable convolution with
 /// the cubic kernel `a = -0.5`, support widened by the scale when shrinking (antialiasing), each
 /// pass rounded and clamped to 8 bits with PIL's fixed-point coefficients. A pass whose size

@@ -109,6 +109,12 @@ impl TensorStore {
         }
     }
 
+    /// Reads a safetensors file already in memory (weights embedded in a binary); `name`
+    /// stands for the file in messages.
+    pub fn from_bytes(name: impl Into<PathBuf>, bytes: &[u8]) -> Result<Self> {
+        Self::from_safetensors_bytes(&name.into(), bytes)
+    }
+
     /// A store that invents every tensor asked of it (see the type's docs).
     pub fn synthetic(fill: SyntheticFill) -> Self {
         let mut store = Self::from_tensors("<synthetic>", HashMap::new(), HashMap::new());
@@ -135,15 +141,19 @@ impl TensorStore {
         dtype: SaveDtype,
         metadata: HashMap<String, String>,
     ) -> Result<()> {
-        let tensors = self
-            .requested()
+        save_safetensors(path, &self.requested_tensors()?, dtype, metadata)
+    }
+
+    /// Every tensor a synthetic store handed out, as `(key, shape, values)` in request order:
+    /// the invented weights made concrete (to save them, or to train on top of them).
+    pub fn requested_tensors(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+        self.requested()
             .into_iter()
             .map(|(key, shape)| {
                 let values = self.values(&key, &shape)?;
                 Ok((key, shape, values))
             })
-            .collect::<Result<Vec<_>>>()?;
-        save_safetensors(path, &tensors, dtype, metadata)
+            .collect()
     }
 
     fn from_safetensors_bytes(file: &Path, bytes: &[u8]) -> Result<Self> {
@@ -462,6 +472,102 @@ fn synthesize(key: &str, shape: &[usize], fill: SyntheticFill) -> Vec<f32> {
     };
     let scale = (3.0 / fan_in.max(1) as f32).sqrt();
     (0..count).map(|_| scale * uniform()).collect()
+}
+
+/// The dual of [`TensorStore`]: modules write their parameters under checkpoint keys, in the
+/// checkpoint's layout (PyTorch order: linear weights `[out, in]`), so that a saved file loads
+/// back through the same `load` constructors. Trained decoders are saved this way.
+#[derive(Debug, Default, Clone)]
+pub struct TensorSink {
+    tensors: std::collections::BTreeMap<String, StoredTensor>,
+}
+
+impl TensorSink {
+    /// An empty sink.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Writes `values` of `shape` under `key` (row-major). A key written twice is a bug in a
+    /// `save` method, not an input error.
+    pub fn put_values(&mut self, key: impl Into<String>, shape: Vec<usize>, values: Vec<f32>) {
+        let key = key.into();
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            values.len(),
+            "tensor `{key}`: shape and value count disagree"
+        );
+        let previous = self.tensors.insert(key.clone(), StoredTensor { shape, values });
+        assert!(previous.is_none(), "tensor `{key}` saved twice");
+    }
+
+    /// Writes `tensor` under `key` (one copy to the host).
+    pub fn put<B: Backend, const D: usize>(&mut self, key: impl Into<String>, tensor: Tensor<B, D>) {
+        let shape = tensor.dims().to_vec();
+        let values = tensor
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("float tensor");
+        self.put_values(key, shape, values);
+    }
+
+    /// Copies every parameter of `store` (under its current prefix) with `prefix` prepended:
+    /// the frozen CLIP towers are saved as they were read, BatchNorms unfolded.
+    pub fn put_store(&mut self, store: &TensorStore, prefix: &str) -> Result<()> {
+        let entries = if store.synthetic.is_some() {
+            store.requested_tensors()?
+        } else {
+            store.parameters()
+        };
+        for (key, shape, values) in entries {
+            self.put_values(format!("{prefix}{key}"), shape, values);
+        }
+        Ok(())
+    }
+
+    /// Number of tensors written.
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// The tensors written, by key.
+    pub fn tensors(&self) -> &std::collections::BTreeMap<String, StoredTensor> {
+        &self.tensors
+    }
+
+    /// The tensors as `(key, shape, values)`, sorted by key.
+    pub fn into_entries(self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        self.tensors
+            .into_iter()
+            .map(|(k, t)| (k, t.shape, t.values))
+            .collect()
+    }
+
+    /// The tensors as a store named `file` (to load a model from what was saved).
+    pub fn into_store(self, file: impl Into<PathBuf>, metadata: HashMap<String, String>) -> TensorStore {
+        TensorStore::from_tensors(file, self.tensors.into_iter().collect(), metadata)
+    }
+
+    /// Writes the tensors as one safetensors file, atomically ([`save_safetensors`]).
+    pub fn save(
+        &self,
+        path: &Path,
+        dtype: SaveDtype,
+        metadata: HashMap<String, String>,
+    ) -> Result<()> {
+        let entries: Vec<_> = self
+            .tensors
+            .iter()
+            .map(|(k, t)| (k.clone(), t.shape.clone(), t.values.clone()))
+            .collect();
+        save_safetensors(path, &entries, dtype, metadata)
+    }
 }
 
 /// Storage precision of a written weights file.

@@ -56,6 +56,24 @@ pub struct Track {
 }
 
 impl Track {
+    /// A track in video `video` (an index into [`GroundTruth::videos`]) whose areas are its
+    /// masks' areas: ground truth (score 1) or a detection built in memory.
+    pub fn new(video: usize, category_id: u64, score: f64, masks: TrackMasks) -> Self {
+        let areas = masks
+            .areas()
+            .into_iter()
+            .map(|a| a.map(|a| a as f64))
+            .collect();
+        Self {
+            video,
+            category_id,
+            score,
+            iscrowd: false,
+            masks,
+            areas,
+        }
+    }
+
     /// Mean of the non-zero per-frame areas (the Python tools filter `if a`), 0 when there are
     /// none. `truncate`: LV-VIS's evaluator takes `int(a)` of each area first.
     pub fn mean_area(&self, truncate: bool) -> f64 {
@@ -148,6 +166,32 @@ impl GroundTruth {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let raw: RawGroundTruth = read_json(path.as_ref())?;
         Self::from_raw(raw)
+    }
+
+    /// Ground truth built in memory (e.g. synthetic data, or images as one-frame videos).
+    /// Every track must point at one of `videos` and name one of `categories`.
+    pub fn new(videos: Vec<Video>, categories: Vec<Category>, tracks: Vec<Track>) -> Result<Self> {
+        let video_index = videos.iter().enumerate().map(|(i, v)| (v.id, i)).collect();
+        for (i, track) in tracks.iter().enumerate() {
+            if track.video >= videos.len() {
+                return Err(EvalError::UnknownVideo {
+                    what: format!("annotation {i}"),
+                    video_id: track.video as u64,
+                });
+            }
+            if !categories.iter().any(|c| c.id == track.category_id) {
+                return Err(EvalError::UnknownCategory {
+                    what: format!("annotation {i}"),
+                    category_id: track.category_id,
+                });
+            }
+        }
+        Ok(Self {
+            videos,
+            categories,
+            tracks,
+            video_index,
+        })
     }
 
     /// Parses ground truth from json text.

@@ -16,7 +16,8 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::Tensor;
 use clip_vis_clip::model::{detect_config, CLIP_VIS_PREFIX};
 use clip_vis_clip::preprocess::{normalize_and_pad, RgbImage};
-use clip_vis_clip::{Clip, ClipConfig, ClipError, FeatureMaps, TensorStore};
+use clip_vis_clip::{Clip, ClipConfig, ClipError, FeatureMaps, TensorSink, TensorStore};
+use std::collections::HashMap;
 use clip_vis_pixel_decoder::{MsDeformAttnPixelDecoder, PixelDecoderConfig};
 use clip_vis_transformer_decoder::{
     DecoderOutput, MultiScaleMaskedTransformerDecoder, TransformerDecoderConfig,
@@ -103,10 +104,63 @@ impl ClipVisConfig {
         }
     }
 
+    /// A CLIP-VIS small enough to train and run a video in seconds on a laptop CPU: the tiny
+    /// CLIP ([`ClipConfig::tiny`]), a 2-layer pixel decoder and a 3-layer decoder of width 32
+    /// with 20 queries. The built-in demo model and the tests use it.
+    pub fn tiny() -> Self {
+        let clip = ClipConfig::tiny();
+        let in_channels = clip.feature_channels();
+        Self {
+            clip,
+            pixel_decoder: PixelDecoderConfig {
+                in_channels,
+                conv_dim: 32,
+                mask_dim: 32,
+                heads: 4,
+                points: 2,
+                encoder_layers: 2,
+                ffn_dim: 64,
+                groups: 8,
+            },
+            transformer_decoder: TransformerDecoderConfig {
+                hidden_dim: 32,
+                heads: 4,
+                ffn_dim: 64,
+                num_queries: 20,
+                layers: 3,
+                mask_dim: 32,
+            },
+        }
+    }
+
     /// JSON for a weights file's metadata.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a ClipVisConfig always serialises")
     }
+}
+
+/// The metadata of a clip-vis weights file of `config`: the model config (layer count
+/// included) and the CLIP config, so that [`ClipVis::from_file`] needs no flag.
+pub fn weights_metadata(config: &ClipVisConfig) -> HashMap<String, String> {
+    HashMap::from([
+        (CONFIG_METADATA_KEY.to_string(), config.to_json()),
+        (
+            clip_vis_clip::config::CONFIG_METADATA_KEY.to_string(),
+            config.clip.to_json(),
+        ),
+    ])
+}
+
+/// Writes both decoders under their detectron2 prefixes ([`PIXEL_DECODER_PREFIX`],
+/// [`PREDICTOR_PREFIX`]); with the CLIP tensors under [`CLIP_VIS_PREFIX`] this is a complete
+/// CLIP-VIS weights file.
+pub fn save_decoders<B: Backend>(
+    sink: &mut TensorSink,
+    pixel_decoder: &MsDeformAttnPixelDecoder<B>,
+    transformer_decoder: &MultiScaleMaskedTransformerDecoder<B>,
+) {
+    pixel_decoder.save(sink, PIXEL_DECODER_PREFIX);
+    transformer_decoder.save(sink, PREDICTOR_PREFIX);
 }
 
 /// Counts `sem_seg_head.predictor.transformer_cross_attention_layers.{i}` layers in a store.

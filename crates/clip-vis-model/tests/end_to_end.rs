@@ -158,3 +158,34 @@ fn images_with_the_wrong_channels_or_no_pixels_are_refused() {
     ));
     assert!(RgbImage::new(0, 10, Vec::new()).is_err());
 }
+
+/// Saving the decoders writes back exactly the tensors they were loaded from: every
+/// `sem_seg_head.*` key of the checkpoint, same shape, same bits (linear weights transposed
+/// back, the packed attention projections re-packed).
+#[test]
+fn saved_decoders_equal_the_checkpoint() {
+    let store = fixture("clip_vis_small.safetensors");
+    let model = ClipVis::<Flex>::load(&store, &config(&store), &Default::default()).unwrap();
+    let mut sink = clip_vis_clip::TensorSink::new();
+    clip_vis_model::save_decoders(&mut sink, &model.pixel_decoder, &model.transformer_decoder);
+    let mut expected: Vec<&str> = store
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("sem_seg_head."))
+        .collect();
+    expected.sort_unstable();
+    let saved: Vec<&str> = sink.tensors().keys().map(String::as_str).collect();
+    assert_eq!(saved, expected, "saved keys");
+    for (key, tensor) in sink.tensors() {
+        let original = store.raw(key).unwrap();
+        assert_eq!(tensor.shape, original.shape, "{key}: shape");
+        assert!(
+            tensor
+                .values
+                .iter()
+                .zip(&original.values)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{key}: values differ"
+        );
+    }
+}

@@ -3,7 +3,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use clip_vis_clip::{Result, TensorStore};
+use clip_vis_clip::{Result, TensorSink, TensorStore};
 
 /// PyTorch `GroupNorm` default epsilon.
 const EPS: f64 = 1e-5;
@@ -36,6 +36,12 @@ impl<B: Backend> GroupNorm<B> {
             beta: Param::from_tensor(store.tensor(&format!("{key}.bias"), [channels], device)?),
             groups,
         })
+    }
+
+    /// Writes `{key}.weight` and `{key}.bias` (the inverse of [`GroupNorm::load`]).
+    pub fn save(&self, sink: &mut TensorSink, key: &str) {
+        sink.put(format!("{key}.weight"), self.gamma.val());
+        sink.put(format!("{key}.bias"), self.beta.val());
     }
 
     /// Normalises each group of channels over its channels and all positions.

@@ -15,9 +15,9 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{GridSampleOptions, InterpolateMode};
 use burn::tensor::{Tensor, TensorData};
-use clip_vis_clip::nn::{is_host_backend, linear_flat, load_linear};
+use clip_vis_clip::nn::{is_host_backend, linear_flat, load_linear, save_linear};
 use clip_vis_clip::weights::join_key;
-use clip_vis_clip::{Result, TensorStore};
+use clip_vis_clip::{Result, TensorSink, TensorStore};
 
 /// How the bilinear samples are gathered; both give the same result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +80,18 @@ impl<B: Backend> MsDeformAttn<B> {
             levels: config.levels,
             points: config.points,
         })
+    }
+
+    /// Writes the four linears under `{key}.*` (the inverse of [`MsDeformAttn::load`]).
+    pub fn save(&self, sink: &mut TensorSink, key: &str) {
+        for (name, linear) in [
+            ("sampling_offsets", &self.sampling_offsets),
+            ("attention_weights", &self.attention_weights),
+            ("value_proj", &self.value_proj),
+            ("output_proj", &self.output_proj),
+        ] {
+            save_linear(sink, &join_key(key, name), linear);
+        }
     }
 
     /// # Shapes

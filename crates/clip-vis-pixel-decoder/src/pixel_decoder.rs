@@ -16,9 +16,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Tensor, TensorData};
-use clip_vis_clip::nn::{linear_flat, load_linear, Conv2d, ConvSpec, LayerNorm};
+use clip_vis_clip::nn::{linear_flat, load_linear, save_linear, Conv2d, ConvSpec, LayerNorm};
 use clip_vis_clip::weights::join_key;
-use clip_vis_clip::{Result, TensorStore};
+use clip_vis_clip::{Result, TensorSink, TensorStore};
 
 /// Hyper-parameters of the pixel decoder.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -77,6 +77,11 @@ struct ConvNorm<B: Backend> {
 }
 
 impl<B: Backend> ConvNorm<B> {
+    fn save(&self, sink: &mut TensorSink, conv: &str, norm: &str) {
+        self.conv.save(sink, conv);
+        self.norm.save(sink, norm);
+    }
+
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         self.norm.forward(self.conv.forward(x))
     }
@@ -201,6 +206,35 @@ impl<B: Backend> MsDeformAttnPixelDecoder<B> {
             )?,
             conv_dim: d,
         })
+    }
+
+    /// Writes every parameter under `{key}.*` with the checkpoint's names and layout: the
+    /// inverse of [`MsDeformAttnPixelDecoder::load`] (a trained decoder saved this way loads
+    /// back bit for bit).
+    pub fn save(&self, sink: &mut TensorSink, key: &str) {
+        let k = |name: &str| join_key(key, name);
+        for (i, projection) in self.input_proj.iter().enumerate() {
+            projection.save(
+                sink,
+                &k(&format!("input_proj.{i}.0")),
+                &k(&format!("input_proj.{i}.1")),
+            );
+        }
+        sink.put(k("transformer.level_embed"), self.level_embed.val());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let prefix = k(&format!("transformer.encoder.layers.{i}"));
+            layer
+                .self_attn
+                .save(sink, &format!("{prefix}.self_attn"));
+            layer.norm1.save(sink, &format!("{prefix}.norm1"));
+            save_linear(sink, &format!("{prefix}.linear1"), &layer.linear1);
+            save_linear(sink, &format!("{prefix}.linear2"), &layer.linear2);
+            layer.norm2.save(sink, &format!("{prefix}.norm2"));
+        }
+        self.adapter_1
+            .save(sink, &k("adapter_1"), &k("adapter_1.norm"));
+        self.layer_1.save(sink, &k("layer_1"), &k("layer_1.norm"));
+        self.mask_features.save(sink, &k("mask_features"));
     }
 
     /// Decodes `res2..res5` (`[batch, C_l, H/s_l, W/s_l]`, strides 4, 8, 16, 32).

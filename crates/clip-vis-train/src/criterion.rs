@@ -11,7 +11,7 @@ use crate::points::{point_sample, uncertain_points, PointSource};
 use crate::{log1p_exp_neg_abs, Result, TrainError};
 
 /// Loss weights and sampling of the criterion (the released code's values by default).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CriterionConfig {
     /// `loss_object_ce` weight (`OBJECT_WEIGHT`, 2).
     pub object_weight: f64,
@@ -325,7 +325,21 @@ impl Criterion {
         targets: &Targets<B>,
         source: &mut dyn PointSource,
     ) -> Result<LossTerms<B>> {
-        let num_masks = Self::num_masks(targets);
+        self.forward_normalized(last, aux, targets, Self::num_masks(targets), source)
+    }
+
+    /// [`Criterion::forward`] with the mask losses divided by `num_masks` instead of this
+    /// batch's own count: data-parallel training divides by the count over all ranks divided by
+    /// the number of ranks (SPEC §5, `num_masks` all-reduced), at least 1.
+    pub fn forward_normalized<B: Backend>(
+        &self,
+        last: &Prediction<B>,
+        aux: &[Prediction<B>],
+        targets: &Targets<B>,
+        num_masks: f64,
+        source: &mut dyn PointSource,
+    ) -> Result<LossTerms<B>> {
+        let num_masks = num_masks.max(1.0);
         let c = &self.config;
         let mut outputs = Vec::with_capacity(aux.len() + 1);
         for prediction in std::iter::once(last).chain(aux) {

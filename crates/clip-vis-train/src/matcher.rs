@@ -10,7 +10,7 @@ use crate::points::{point_sample, PointSource};
 use crate::{log1p_exp_neg_abs, Result, TrainError};
 
 /// Cost weights and point count of the matcher.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MatcherConfig {
     /// Weight of the mean point BCE (`MASK_WEIGHT`, 5).
     pub cost_mask: f64,

@@ -9,7 +9,7 @@ use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use clip_vis_clip::model::CLIP_VIS_PREFIX;
-use clip_vis_clip::{Clip, TensorStore};
+use clip_vis_clip::{Clip, TensorSink, TensorStore};
 use clip_vis_model::{ClipVis, ClipVisConfig, PIXEL_DECODER_PREFIX, PREDICTOR_PREFIX};
 use clip_vis_pixel_decoder::MsDeformAttnPixelDecoder;
 use clip_vis_transformer_decoder::MultiScaleMaskedTransformerDecoder;
@@ -36,13 +36,72 @@ impl<B: burn::tensor::backend::Backend> TrainableHead<B> {
         criterion: &Criterion,
         source: &mut dyn PointSource,
     ) -> Result<LossTerms<B>> {
+        self.losses_normalized(features, targets, criterion, Criterion::num_masks(targets), source)
+    }
+
+    /// [`TrainableHead::losses`] with the mask losses divided by `num_masks` (data-parallel
+    /// training: the count over all ranks over the number of ranks).
+    pub fn losses_normalized(
+        &self,
+        features: [Tensor<B, 4>; 4],
+        targets: &Targets<B>,
+        criterion: &Criterion,
+        num_masks: f64,
+        source: &mut dyn PointSource,
+    ) -> Result<LossTerms<B>> {
         let [res2, res3, res4, res5] = features;
         let pixel = self.pixel_decoder.forward(res2, res3, res4, res5);
         let decoder = self
             .transformer_decoder
             .forward(&pixel.multi_scale_features, pixel.mask_features);
-        criterion.forward(&decoder.last, &decoder.aux, targets, source)
+        criterion.forward_normalized(&decoder.last, &decoder.aux, targets, num_masks, source)
     }
+
+    /// Writes both decoders under their detectron2 names (`sem_seg_head.*`), bit-exact.
+    pub fn save(&self, sink: &mut TensorSink) {
+        clip_vis_model::save_decoders(sink, &self.pixel_decoder, &self.transformer_decoder);
+    }
+
+    /// Loads both decoders from `store` (detectron2 names).
+    pub fn load(store: &TensorStore, config: &ClipVisConfig, device: &B::Device) -> Result<Self> {
+        Ok(Self {
+            pixel_decoder: MsDeformAttnPixelDecoder::load(
+                store,
+                PIXEL_DECODER_PREFIX,
+                &config.pixel_decoder,
+                device,
+            )?,
+            transformer_decoder: MultiScaleMaskedTransformerDecoder::load(
+                store,
+                PREDICTOR_PREFIX,
+                &config.transformer_decoder,
+                device,
+            )?,
+        })
+    }
+}
+
+/// CLIP's `res2..res5` of normalised, padded `pixels` `[batch, 3, H, W]` (H, W multiples of
+/// 32), computed on the inner backend and lifted into the autodiff graph as constants: no
+/// encoder activation is kept for the backward pass.
+pub fn frozen_features<B: AutodiffBackend>(
+    clip: &Clip<B::InnerBackend>,
+    pixels: Tensor<B::InnerBackend, 4>,
+) -> Result<[Tensor<B, 4>; 4]> {
+    let [batch, channels, height, width] = pixels.dims();
+    if channels != 3 || batch == 0 || height % 32 != 0 || width % 32 != 0 {
+        return Err(TrainError::InvalidInput(format!(
+            "a batch of {batch} images {channels}x{height}x{width}: expected 3 channels and sides that are multiples of 32"
+        )));
+    }
+    let features = clip.features(pixels);
+    let lift = |t: Tensor<B::InnerBackend, 4>| Tensor::<B, 4>::from_inner(t);
+    Ok([
+        lift(features.res2),
+        lift(features.res3),
+        lift(features.res4),
+        lift(features.res5),
+    ])
 }
 
 /// CLIP-VIS set up for training: frozen CLIP on the inner backend, trainable head on `B`.
@@ -58,32 +117,12 @@ impl<B: AutodiffBackend> TrainingModel<B> {
     /// Builds the model of `config` from `store` (detectron2 key names, as
     /// [`ClipVis::load`] reads them).
     pub fn load(store: &TensorStore, config: &ClipVisConfig, device: &B::Device) -> Result<Self> {
-        let err = |e: clip_vis_clip::ClipError| TrainError::InvalidInput(e.to_string());
-        let clip = store
-            .scoped(CLIP_VIS_PREFIX, |s| {
-                Clip::<B::InnerBackend>::load(s, &config.clip, device)
-            })
-            .map_err(err)?;
-        let pixel_decoder = MsDeformAttnPixelDecoder::load(
-            store,
-            PIXEL_DECODER_PREFIX,
-            &config.pixel_decoder,
-            device,
-        )
-        .map_err(err)?;
-        let transformer_decoder = MultiScaleMaskedTransformerDecoder::load(
-            store,
-            PREDICTOR_PREFIX,
-            &config.transformer_decoder,
-            device,
-        )
-        .map_err(err)?;
+        let clip = store.scoped(CLIP_VIS_PREFIX, |s| {
+            Clip::<B::InnerBackend>::load(s, &config.clip, device)
+        })?;
         Ok(Self {
             clip,
-            head: TrainableHead {
-                pixel_decoder,
-                transformer_decoder,
-            },
+            head: TrainableHead::load(store, config, device)?,
         })
     }
 
@@ -97,26 +136,8 @@ impl<B: AutodiffBackend> TrainingModel<B> {
         criterion: &Criterion,
         source: &mut dyn PointSource,
     ) -> Result<LossTerms<B>> {
-        let [batch, channels, height, width] = pixels.dims();
-        if channels != 3 || batch == 0 || height % 32 != 0 || width % 32 != 0 {
-            return Err(TrainError::InvalidInput(format!(
-                "a batch of {batch} images {channels}x{height}x{width}: expected 3 channels and sides that are multiples of 32"
-            )));
-        }
-        let features = self.clip.features(pixels);
-        // Constants in the graph: no encoder activations are stored for the backward pass.
-        let lift = |t: Tensor<B::InnerBackend, 4>| Tensor::<B, 4>::from_inner(t);
-        self.head.losses(
-            [
-                lift(features.res2),
-                lift(features.res3),
-                lift(features.res4),
-                lift(features.res5),
-            ],
-            targets,
-            criterion,
-            source,
-        )
+        let features = frozen_features::<B>(&self.clip, pixels)?;
+        self.head.losses(features, targets, criterion, source)
     }
 
     /// The inference model with the current weights (for validation during training).

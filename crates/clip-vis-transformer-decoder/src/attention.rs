@@ -6,8 +6,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor, TensorData};
-use clip_vis_clip::nn::{linear_flat, load_linear};
-use clip_vis_clip::{Result, TensorStore};
+use clip_vis_clip::nn::{linear_flat, load_linear, save_linear};
+use clip_vis_clip::{Result, TensorSink, TensorStore};
 
 /// Multi-head attention; queries are scaled by `1/sqrt(head_dim)` as PyTorch does.
 #[derive(Module, Debug)]
@@ -52,6 +52,26 @@ impl<B: Backend> MultiheadAttention<B> {
             out_proj: load_linear(store, &format!("{key}.out_proj"), d, d, true, device)?,
             heads,
         })
+    }
+
+    /// Writes the packed `{key}.in_proj_weight` / `in_proj_bias` and `{key}.out_proj.*`: the
+    /// inverse of [`MultiheadAttention::load`].
+    pub fn save(&self, sink: &mut TensorSink, key: &str) {
+        let parts = [&self.q_proj, &self.k_proj, &self.v_proj];
+        let weight = Tensor::cat(
+            parts.iter().map(|p| p.weight.val().transpose()).collect(),
+            0,
+        );
+        sink.put(format!("{key}.in_proj_weight"), weight);
+        let bias = Tensor::cat(
+            parts
+                .iter()
+                .map(|p| p.bias.as_ref().expect("in_proj has a bias").val())
+                .collect(),
+            0,
+        );
+        sink.put(format!("{key}.in_proj_bias"), bias);
+        save_linear(sink, &format!("{key}.out_proj"), &self.out_proj);
     }
 
     /// # Shapes

@@ -17,9 +17,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Bool, Tensor};
-use clip_vis_clip::nn::{linear_flat, load_linear, LayerNorm};
+use clip_vis_clip::nn::{linear_flat, load_linear, save_linear, LayerNorm};
 use clip_vis_clip::weights::join_key;
-use clip_vis_clip::{Result, TensorStore};
+use clip_vis_clip::{Result, TensorSink, TensorStore};
 use clip_vis_pixel_decoder::position_encoding::sine_position_tokens;
 
 /// Number of memory levels the decoder cycles through (strides 32, 16, 8).
@@ -179,6 +179,35 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
             iou_head: Mlp::load(store, &k("iou_head"), d, d, 1, 3, device)?,
             heads: config.heads,
         })
+    }
+
+    /// Writes every parameter under `{key}.*` with the checkpoint's names and layout: the
+    /// inverse of [`MultiScaleMaskedTransformerDecoder::load`].
+    pub fn save(&self, sink: &mut TensorSink, key: &str) {
+        let k = |name: &str| join_key(key, name);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let cross = k(&format!("transformer_cross_attention_layers.{i}"));
+            let own = k(&format!("transformer_self_attention_layers.{i}"));
+            let ffn = k(&format!("transformer_ffn_layers.{i}"));
+            layer
+                .cross_attention
+                .save(sink, &format!("{cross}.multihead_attn"));
+            layer.cross_norm.save(sink, &format!("{cross}.norm"));
+            layer
+                .self_attention
+                .save(sink, &format!("{own}.self_attn"));
+            layer.self_norm.save(sink, &format!("{own}.norm"));
+            save_linear(sink, &format!("{ffn}.linear1"), &layer.linear1);
+            save_linear(sink, &format!("{ffn}.linear2"), &layer.linear2);
+            layer.ffn_norm.save(sink, &format!("{ffn}.norm"));
+        }
+        sink.put(k("query_feat.weight"), self.query_feat.val());
+        sink.put(k("query_embed.weight"), self.query_embed.val());
+        sink.put(k("level_embed.weight"), self.level_embed.val());
+        self.decoder_norm.save(sink, &k("decoder_norm"));
+        self.object_embed.save(sink, &k("object_embed"));
+        self.mask_embed.save(sink, &k("mask_embed"));
+        self.iou_head.save(sink, &k("iou_head"));
     }
 
     /// Number of transformer layers.

@@ -5,8 +5,8 @@ use burn::nn::Linear;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use clip_vis_clip::nn::{linear_flat, load_linear};
-use clip_vis_clip::{Result, TensorStore};
+use clip_vis_clip::nn::{linear_flat, load_linear, save_linear};
+use clip_vis_clip::{Result, TensorSink, TensorStore};
 
 /// `Linear → ReLU → … → Linear` (Mask2Former's `MLP`), keys `{key}.layers.{i}`.
 #[derive(Module, Debug)]
@@ -40,6 +40,13 @@ impl<B: Backend> Mlp<B> {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { layers })
+    }
+
+    /// Writes `{key}.layers.{i}.*` (the inverse of [`Mlp::load`]).
+    pub fn save(&self, sink: &mut TensorSink, key: &str) {
+        for (i, layer) in self.layers.iter().enumerate() {
+            save_linear(sink, &format!("{key}.layers.{i}"), layer);
+        }
     }
 
     /// Applies the layers with ReLU between them (none after the last).
