@@ -266,6 +266,15 @@ pub fn is_host_backend<B: Backend>(device: &B::Device) -> bool {
     matches!(B::name(device).as_str(), "flex" | "ndarray")
 }
 
+/// Whether `B`'s tensors live in host memory: a CPU backend, or an autodiff backend over one
+/// (host-side work on its values then costs no transfer).
+pub fn runs_on_host<B: Backend>(device: &B::Device) -> bool {
+    matches!(
+        B::name(device).as_str(),
+        "flex" | "ndarray" | "autodiff<flex>" | "autodiff<ndarray>"
+    )
+}
+
 /// Exact (erf) GELU, `x · Φ(x)`.
 ///
 /// On the CPU backends Burn evaluates libm's `erff` one element at a time on one thread: about

@@ -6,6 +6,7 @@
 //! - [`MsDeformAttnPixelDecoder`]: the decoder: `res2..res5` of the CLIP tower in,
 //!   `mask_features` (stride 4) and the encoder's multi-scale maps (strides 32, 16, 8) out.
 
+mod deform_kernel;
 mod group_norm;
 pub mod ms_deform_attn;
 pub mod pixel_decoder;

@@ -7,7 +7,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use clip_vis_transformer_decoder::Prediction;
 
 use crate::matcher::{match_image, Assignment, MatcherConfig};
-use crate::points::{point_sample, uncertain_points, PointSource};
+use crate::points::{point_sample, point_sample_host, uncertain_points, PointSource};
 use crate::{log1p_exp_neg_abs, Result, TrainError};
 
 /// Loss weights and sampling of the criterion (the released code's values by default).
@@ -253,9 +253,16 @@ impl Criterion {
             source,
         );
         let logits = point_sample(src, points.clone()).reshape([matched, c.points]);
-        let labels = point_sample(tgt.reshape([matched, 1, th, tw]), points)
-            .reshape([matched, c.points])
-            .detach();
+        let labels = if clip_vis_clip::nn::runs_on_host::<B>(&device) {
+            // The labels need no gradient: sample the host values directly.
+            let coords = to_vec(points);
+            let values = point_sample_host(&to_vec(tgt), matched, th, tw, &coords, c.points);
+            Tensor::<B, 2>::from_data(TensorData::new(values, [matched, c.points]), &device)
+        } else {
+            point_sample(tgt.reshape([matched, 1, th, tw]), points)
+                .reshape([matched, c.points])
+                .detach()
+        };
 
         let bce = relu(logits.clone()) - logits.clone() * labels.clone()
             + log1p_exp_neg_abs(logits.clone());

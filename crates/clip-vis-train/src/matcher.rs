@@ -6,7 +6,7 @@ use burn::tensor::activation::{relu, sigmoid, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
-use crate::points::{point_sample, PointSource};
+use crate::points::{point_sample, point_sample_host, PointSource};
 use crate::{log1p_exp_neg_abs, Result, TrainError};
 
 /// Cost weights and point count of the matcher.
@@ -73,6 +73,62 @@ pub fn matching_cost<B: Backend>(
     bce * config.cost_mask + object * config.cost_object + dice * config.cost_dice
 }
 
+/// `a · bᵀ` for row-major `a` `[rows, k]` and `b` `[cols, k]`: `[rows, cols]`.
+fn product_transposed(a: &[f32], b: &[f32], rows: usize, cols: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; rows * cols];
+    // SAFETY: `a` holds rows·k and `b` cols·k values, `out` rows·cols; the strides address
+    // exactly those row-major layouts (`b` read transposed).
+    unsafe {
+        matrixmultiply::sgemm(
+            rows,
+            k,
+            cols,
+            1.0,
+            a.as_ptr(),
+            k as isize,
+            1,
+            b.as_ptr(),
+            1,
+            k as isize,
+            0.0,
+            out.as_mut_ptr(),
+            cols as isize,
+            1,
+        );
+    }
+    out
+}
+
+/// [`matching_cost`] on host buffers: predictions sampled as `x` `[Q, P]`, targets as `t`
+/// `[N, P]`, object logits `[Q, 2]`; returns `[Q, N]`. The BCE term uses
+/// `Σ_p pos·t + neg·(1 − t) = Σ_p neg − Σ_p x·t` (`pos − neg = −x`), two matrix products in all.
+fn matching_cost_host(config: &MatcherConfig, x: &[f32], t: &[f32], objects: &[f32], queries: usize, n: usize, p: usize) -> Vec<f64> {
+    let neg_sum: Vec<f32> = x
+        .chunks_exact(p)
+        .map(|row| row.iter().map(|&v| v.max(0.0) + (-v.abs()).exp().ln_1p()).sum())
+        .collect();
+    let prob: Vec<f32> = x.iter().map(|&v| 1.0 / (1.0 + (-v).exp())).collect();
+    let prob_sum: Vec<f32> = prob.chunks_exact(p).map(|r| r.iter().sum()).collect();
+    let t_sum: Vec<f32> = t.chunks_exact(p).map(|r| r.iter().sum()).collect();
+    let xt = product_transposed(x, t, queries, n, p);
+    let pt = product_transposed(&prob, t, queries, n, p);
+    let mut cost = Vec::with_capacity(queries * n);
+    for q in 0..queries {
+        // softmax(logits)[object] = 1 / (1 + exp(l_no − l_object)).
+        let object = -1.0 / (1.0 + (objects[2 * q + 1] - objects[2 * q]).exp());
+        for j in 0..n {
+            let bce = (neg_sum[q] - xt[q * n + j]) / p as f32;
+            let dice = 1.0 - (2.0 * pt[q * n + j] + 1.0) / (prob_sum[q] + t_sum[j] + 1.0);
+            cost.push(
+                f64::from(bce) * config.cost_mask
+                    + f64::from(object) * config.cost_object
+                    + f64::from(dice) * config.cost_dice,
+            );
+        }
+    }
+    cost
+}
+
 /// Matches one image's queries to its targets on `config.points` uniform points drawn from
 /// `source`. No targets: an empty assignment, and no points are drawn.
 pub fn match_image<B: Backend>(
@@ -89,16 +145,25 @@ pub fn match_image<B: Backend>(
         return Ok(Assignment::default());
     }
     let device = masks.device();
-    let points = Tensor::<B, 2>::from_data(
-        TensorData::new(source.uniform(1, config.points), [config.points, 2]),
-        &device,
-    );
-    let cost = matching_cost(config, masks, object_logits, targets, points);
-    let cost: Vec<f64> = cost
-        .into_data()
-        .convert::<f64>()
-        .into_vec::<f64>()
-        .map_err(|e| TrainError::InvalidInput(format!("{e:?}")))?;
+    let uniform = source.uniform(1, config.points);
+    let cost: Vec<f64> = if clip_vis_clip::nn::runs_on_host::<B>(&device) {
+        // Host memory already: sample and reduce the values directly (no gradient flows here).
+        let host = |t: Tensor<B, 3>| t.into_data().convert::<f32>().into_vec::<f32>().expect("f32");
+        let [_, h, w] = masks.dims();
+        let [_, th, tw] = targets.dims();
+        let p = config.points;
+        let x = point_sample_host(&host(masks), queries, h, w, &uniform, p);
+        let t = point_sample_host(&host(targets), n, th, tw, &uniform, p);
+        let objects = object_logits.into_data().convert::<f32>().into_vec::<f32>().expect("f32");
+        matching_cost_host(config, &x, &t, &objects, queries, n, p)
+    } else {
+        let points = Tensor::<B, 2>::from_data(TensorData::new(uniform, [config.points, 2]), &device);
+        matching_cost(config, masks, object_logits, targets, points)
+            .into_data()
+            .convert::<f64>()
+            .into_vec::<f64>()
+            .map_err(|e| TrainError::InvalidInput(format!("{e:?}")))?
+    };
     if cost.iter().any(|v| v.is_nan()) {
         return Err(TrainError::NonFiniteCost { image });
     }
