@@ -4,8 +4,8 @@
 //!
 //! RAYON_NUM_THREADS=2 cargo bench --bench train_convergence
 //!
-//! `CLIP_VIS_BENCH_CONVERGENCE_ITERS` (default 1200) iterations, evaluated every
-//! `CLIP_VIS_BENCH_CONVERGENCE_EVERY` (default 200) on 50 held-out pictures.
+//! `CLIP_VIS_BENCH_CONVERGENCE_ITERS` (default 2400) iterations, evaluated every
+//! `CLIP_VIS_BENCH_CONVERGENCE_EVERY` (default 400) on 50 held-out pictures.
 
 use std::time::Instant;
 
@@ -53,8 +53,8 @@ fn env(name: &str, default: usize) -> usize {
 }
 
 fn main() {
-    let iterations = env("CLIP_VIS_BENCH_CONVERGENCE_ITERS", 1200);
-    let every = env("CLIP_VIS_BENCH_CONVERGENCE_EVERY", 200);
+    let iterations = env("CLIP_VIS_BENCH_CONVERGENCE_ITERS", 2400);
+    let every = env("CLIP_VIS_BENCH_CONVERGENCE_EVERY", 400);
     let root = std::env::temp_dir().join("clip-vis-convergence-bench");
     let synth = SynthConfig {
         width: 128,

@@ -27,7 +27,9 @@ pub type Cpu = burn::backend::NdArray;
 pub fn devices(count: usize) -> Vec<burn::tensor::Device<Default>> {
     #[cfg(feature = "cuda")]
     {
-        (0..count).map(burn::backend::cuda::CudaDevice::new).collect()
+        (0..count)
+            .map(burn::backend::cuda::CudaDevice::new)
+            .collect()
     }
     #[cfg(not(feature = "cuda"))]
     {

@@ -192,20 +192,21 @@ pub fn demo_store() -> Result<TensorStore> {
         seed: DEMO_CLIP_SEED,
     };
     let mut sink = clip_vis_clip::TensorSink::new();
-    sink.put_store(&clip_vis_train::clip_store(&clip, &config)?, CLIP_VIS_PREFIX)?;
+    sink.put_store(
+        &clip_vis_train::clip_store(&clip, &config)?,
+        CLIP_VIS_PREFIX,
+    )?;
     let decoders = TensorStore::from_bytes("<embedded demo decoders>", DEMO_DECODERS)?;
     sink.put_store(&decoders, "")?;
-    Ok(sink.into_store(
-        "<demo model>",
-        clip_vis_model::weights_metadata(&config),
-    ))
+    Ok(sink.into_store("<demo model>", clip_vis_model::weights_metadata(&config)))
 }
 
 /// The trained demo model (tiny CLIP-VIS whose mask generator was trained on synthetic shapes;
 /// its CLIP is random, so its category names mean nothing, its masks and tracks do).
 pub fn demo_model<B: Backend>(device: &B::Device) -> Result<clip_vis_model::ClipVis<B>> {
     let store = demo_store()?;
-    let model = clip_vis_model::ClipVis::load(&store, &clip_vis_model::ClipVisConfig::tiny(), device)?;
+    let model =
+        clip_vis_model::ClipVis::load(&store, &clip_vis_model::ClipVisConfig::tiny(), device)?;
     store.ensure_all_used()?;
     Ok(model)
 }
@@ -250,10 +251,7 @@ pub fn class_agnostic_video_ap(
         .collect();
     let truth = GroundTruth::new(truth.videos.clone(), object, tracks)?;
     let index = truth.video_index(video_id).ok_or_else(|| {
-        crate::Error::Usage(format!(
-            "{}: no video {video_id}",
-            ground_truth.display()
-        ))
+        crate::Error::Usage(format!("{}: no video {video_id}", ground_truth.display()))
     })?;
     let (h, w) = video.size;
     let mut seen = std::collections::HashSet::new();

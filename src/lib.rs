@@ -9,6 +9,10 @@
 //!   checkpoint loading and zero-shot classification.
 //! - [`model`]: the assembled CLIP-VIS model (frozen CLIP, deformable-attention pixel decoder,
 //!   masked-attention decoder with object, mask and IoU heads) and per-image inference.
+//! - [`matching`]: temporal query matching across frames (top-K enhanced, adjacent, long-term).
+//! - [`classification`]: vocabularies, CLIP text classifiers, mask pooling, the weighted score.
+//! - [`video`]: the streaming [`video::VideoSession`] and the results / pictures it writes.
+//! - [`train`]: training the mask generator (data, losses, optimiser, checkpoints, data parallel).
 //! - [`eval`]: LV-VIS / YouTube-VIS video mask AP without a server.
 //!
 //! ```no_run
@@ -31,6 +35,11 @@ pub use clip_vis_model as model;
 pub use clip_vis_train as train;
 /// COCO RLE codecs (the masks of results are `hotcoco::Rle`).
 pub use hotcoco;
+
+/// The README's Rust examples, compiled as doctests so that they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 pub mod backend;
 pub mod demo;

@@ -51,7 +51,7 @@ fn setup(name: &str) -> (PathBuf, String, String) {
 
 /// What the shipped demo model reaches on the demo's default video (measured in
 /// assets/demo/README.md; the bound leaves a margin).
-const DEMO_AP50_AT_LEAST: f64 = 0.0;
+const DEMO_AP50_AT_LEAST: f64 = 50.0; // 61.8 measured at 8 frames
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -70,7 +70,15 @@ fn demo_segments_tracks_and_scores_a_synthetic_video_with_the_trained_model() {
     let ap50: f64 = stdout
         .lines()
         .find_map(|l| l.strip_prefix("class-agnostic video mask AP "))
-        .and_then(|l| l.split("AP50 ").nth(1)?.split(',').next()?.trim().parse().ok())
+        .and_then(|l| {
+            l.split("AP50 ")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or_else(|| panic!("no AP line in {stdout}"));
     assert!(ap50 >= DEMO_AP50_AT_LEAST, "demo AP50 {ap50}");
     let results: serde_json::Value =
@@ -86,8 +94,18 @@ fn demo_segments_tracks_and_scores_a_synthetic_video_with_the_trained_model() {
     let again = dir.join("again");
     let frames = out.join("input/JPEGImages/000000");
     let output = clip_vis(&[
-        "segment", "--weights", out.join("model.safetensors").to_str().unwrap(), "--vocab", "disc,square",
-        "--frames", frames.to_str().unwrap(), "--out", again.to_str().unwrap(), "--no-pictures", "--short-side", "192",
+        "segment",
+        "--weights",
+        out.join("model.safetensors").to_str().unwrap(),
+        "--vocab",
+        "disc,square",
+        "--frames",
+        frames.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+        "--no-pictures",
+        "--short-side",
+        "192",
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(again.join("results.json").is_file());

@@ -58,7 +58,11 @@ pub fn parse_size(flag: &str, text: &str) -> Result<(usize, usize)> {
     text.split_once('x')
         .and_then(|(w, h)| Some((w.parse::<usize>().ok()?, h.parse::<usize>().ok()?)))
         .filter(|&(w, h)| w > 0 && h > 0)
-        .ok_or_else(|| Error::Usage(format!("{flag} {text:?}: expected WIDTHxHEIGHT, e.g. 256x192")))
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "{flag} {text:?}: expected WIDTHxHEIGHT, e.g. 256x192"
+            ))
+        })
 }
 
 fn config(common: &Common) -> Result<SynthConfig> {

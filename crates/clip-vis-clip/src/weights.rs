@@ -44,6 +44,10 @@ fn is_bookkeeping_key(key: &str) -> bool {
         || matches!(key, "input_resolution" | "context_length" | "vocab_size")
 }
 
+/// One named f32 tensor as `(key, shape, row-major values)`: what stores hand out and
+/// [`save_safetensors`] writes.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 /// All tensors of one checkpoint file, in `f32`, plus the file's string metadata.
 ///
 /// A store can also be *synthetic* ([`TensorStore::synthetic`]): it then invents every tensor a
@@ -146,7 +150,7 @@ impl TensorStore {
 
     /// Every tensor a synthetic store handed out, as `(key, shape, values)` in request order:
     /// the invented weights made concrete (to save them, or to train on top of them).
-    pub fn requested_tensors(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn requested_tensors(&self) -> Result<Vec<NamedTensor>> {
         self.requested()
             .into_iter()
             .map(|(key, shape)| {
@@ -345,7 +349,7 @@ impl TensorStore {
 
     /// Every parameter under the prefix (bookkeeping entries skipped), with the prefix removed,
     /// sorted by key: what a conversion writes.
-    pub fn parameters(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    pub fn parameters(&self) -> Vec<NamedTensor> {
         let prefix = self.prefix.borrow();
         let mut entries: Vec<_> = self
             .tensors
@@ -497,12 +501,18 @@ impl TensorSink {
             values.len(),
             "tensor `{key}`: shape and value count disagree"
         );
-        let previous = self.tensors.insert(key.clone(), StoredTensor { shape, values });
+        let previous = self
+            .tensors
+            .insert(key.clone(), StoredTensor { shape, values });
         assert!(previous.is_none(), "tensor `{key}` saved twice");
     }
 
     /// Writes `tensor` under `key` (one copy to the host).
-    pub fn put<B: Backend, const D: usize>(&mut self, key: impl Into<String>, tensor: Tensor<B, D>) {
+    pub fn put<B: Backend, const D: usize>(
+        &mut self,
+        key: impl Into<String>,
+        tensor: Tensor<B, D>,
+    ) {
         let shape = tensor.dims().to_vec();
         let values = tensor
             .into_data()
@@ -550,7 +560,11 @@ impl TensorSink {
     }
 
     /// The tensors as a store named `file` (to load a model from what was saved).
-    pub fn into_store(self, file: impl Into<PathBuf>, metadata: HashMap<String, String>) -> TensorStore {
+    pub fn into_store(
+        self,
+        file: impl Into<PathBuf>,
+        metadata: HashMap<String, String>,
+    ) -> TensorStore {
         TensorStore::from_tensors(file, self.tensors.into_iter().collect(), metadata)
     }
 
@@ -584,7 +598,7 @@ pub enum SaveDtype {
 /// interrupted write never leaves a truncated file under the final name.
 pub fn save_safetensors(
     path: &Path,
-    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    tensors: &[NamedTensor],
     dtype: SaveDtype,
     metadata: HashMap<String, String>,
 ) -> Result<()> {

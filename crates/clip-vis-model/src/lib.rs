@@ -17,11 +17,11 @@ use burn::tensor::Tensor;
 use clip_vis_clip::model::{detect_config, CLIP_VIS_PREFIX};
 use clip_vis_clip::preprocess::{normalize_and_pad, RgbImage};
 use clip_vis_clip::{Clip, ClipConfig, ClipError, FeatureMaps, TensorSink, TensorStore};
-use std::collections::HashMap;
 use clip_vis_pixel_decoder::{MsDeformAttnPixelDecoder, PixelDecoderConfig};
 use clip_vis_transformer_decoder::{
     DecoderOutput, MultiScaleMaskedTransformerDecoder, TransformerDecoderConfig,
 };
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Safetensors metadata key holding the JSON of a [`ClipVisConfig`].
@@ -151,6 +151,27 @@ pub fn weights_metadata(config: &ClipVisConfig) -> HashMap<String, String> {
     ])
 }
 
+/// Reads both decoders from their detectron2 prefixes ([`PIXEL_DECODER_PREFIX`],
+/// [`PREDICTOR_PREFIX`]) of `store`: the trainable part of CLIP-VIS.
+pub fn load_decoders<B: Backend>(
+    store: &TensorStore,
+    config: &ClipVisConfig,
+    device: &B::Device,
+) -> Result<(
+    MsDeformAttnPixelDecoder<B>,
+    MultiScaleMaskedTransformerDecoder<B>,
+)> {
+    Ok((
+        MsDeformAttnPixelDecoder::load(store, PIXEL_DECODER_PREFIX, &config.pixel_decoder, device)?,
+        MultiScaleMaskedTransformerDecoder::load(
+            store,
+            PREDICTOR_PREFIX,
+            &config.transformer_decoder,
+            device,
+        )?,
+    ))
+}
+
 /// Writes both decoders under their detectron2 prefixes ([`PIXEL_DECODER_PREFIX`],
 /// [`PREDICTOR_PREFIX`]); with the CLIP tensors under [`CLIP_VIS_PREFIX`] this is a complete
 /// CLIP-VIS weights file.
@@ -242,20 +263,11 @@ impl<B: Backend> ClipVis<B> {
     /// Builds the parts of `config` from `store` (keys under the detectron2 prefixes).
     pub fn load(store: &TensorStore, config: &ClipVisConfig, device: &B::Device) -> Result<Self> {
         let clip = store.scoped(CLIP_VIS_PREFIX, |s| Clip::load(s, &config.clip, device))?;
+        let (pixel_decoder, transformer_decoder) = load_decoders(store, config, device)?;
         Ok(Self {
             clip,
-            pixel_decoder: MsDeformAttnPixelDecoder::load(
-                store,
-                PIXEL_DECODER_PREFIX,
-                &config.pixel_decoder,
-                device,
-            )?,
-            transformer_decoder: MultiScaleMaskedTransformerDecoder::load(
-                store,
-                PREDICTOR_PREFIX,
-                &config.transformer_decoder,
-                device,
-            )?,
+            pixel_decoder,
+            transformer_decoder,
         })
     }
 

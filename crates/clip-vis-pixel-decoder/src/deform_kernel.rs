@@ -103,7 +103,14 @@ pub(crate) fn forward(value: &[f32], locations: &[f32], weights: &[f32], g: &Geo
                 for point in 0..g.points {
                     let sample = (head * g.levels + level) * g.points + point;
                     let weight = weights[sample];
-                    corners(locations[sample * 2], locations[sample * 2 + 1], h, w, starts[level], &mut corner_list);
+                    corners(
+                        locations[sample * 2],
+                        locations[sample * 2 + 1],
+                        h,
+                        w,
+                        starts[level],
+                        &mut corner_list,
+                    );
                     for corner in &corner_list {
                         let scale = weight * corner.weight;
                         let v = &value[corner.token * d + head * g.head_dim..][..g.head_dim];
@@ -148,7 +155,14 @@ pub(crate) fn backward(
                 for (level, &(h, w)) in g.shapes.iter().enumerate() {
                     for point in 0..g.points {
                         let sample = (head * g.levels + level) * g.points + point;
-                        corners(locations[sample * 2], locations[sample * 2 + 1], h, w, starts[level], &mut corner_list);
+                        corners(
+                            locations[sample * 2],
+                            locations[sample * 2 + 1],
+                            h,
+                            w,
+                            starts[level],
+                            &mut corner_list,
+                        );
                         let (mut d_weight, mut d_fx, mut d_fy) = (0f32, 0f32, 0f32);
                         for corner in &corner_list {
                             let v = &value[corner.token * d + head * g.head_dim..][..g.head_dim];
@@ -181,7 +195,14 @@ pub(crate) fn backward(
                 for (level, &(h, w)) in g.shapes.iter().enumerate() {
                     for point in 0..g.points {
                         let sample = (head * g.levels + level) * g.points + point;
-                        corners(locations[sample * 2], locations[sample * 2 + 1], h, w, starts[level], &mut corner_list);
+                        corners(
+                            locations[sample * 2],
+                            locations[sample * 2 + 1],
+                            h,
+                            w,
+                            starts[level],
+                            &mut corner_list,
+                        );
                         for corner in &corner_list {
                             let scale = weights[sample] * corner.weight;
                             let a = &mut acc[corner.token * g.head_dim..][..g.head_dim];
@@ -273,7 +294,11 @@ mod autodiff {
     #[derive(Debug)]
     struct DeformSampling;
 
-    fn to_primitive<B: Backend>(values: Vec<f32>, shape: Vec<usize>, device: &B::Device) -> B::FloatTensorPrimitive {
+    fn to_primitive<B: Backend>(
+        values: Vec<f32>,
+        shape: Vec<usize>,
+        device: &B::Device,
+    ) -> B::FloatTensorPrimitive {
         B::float_from_data(TensorData::new(values, shape), device)
     }
 
@@ -287,13 +312,21 @@ mod autodiff {
             let device = grad.device();
             let saved = ops.state;
             let g = &saved.geometry;
-            let (grad_value, grad_locations, grad_weights) =
-                backward(&saved.value, &saved.locations, &saved.weights, &host(grad), g);
+            let (grad_value, grad_locations, grad_weights) = backward(
+                &saved.value,
+                &saved.locations,
+                &saved.weights,
+                &host(grad),
+                g,
+            );
             let samples = g.heads * g.levels * g.points;
             let tokens: usize = g.shapes.iter().map(|(h, w)| h * w).sum();
             let d = g.heads * g.head_dim;
             if let Some(node) = node_value {
-                grads.register::<B>(node.id, to_primitive::<B>(grad_value, vec![g.batch, tokens, d], &device));
+                grads.register::<B>(
+                    node.id,
+                    to_primitive::<B>(grad_value, vec![g.batch, tokens, d], &device),
+                );
             }
             if let Some(node) = node_locations {
                 let shape = vec![g.batch, g.queries, g.heads, g.levels, g.points, 2];
@@ -313,12 +346,22 @@ mod autodiff {
         weights: &Tensor<Outer, 4>,
         g: &Geometry,
     ) -> Option<Tensor<Outer, 3>> {
-        let value = (value as &dyn Any).downcast_ref::<Tensor<Autodiff<Inner>, 3>>()?.clone();
-        let locations = (locations as &dyn Any).downcast_ref::<Tensor<Autodiff<Inner>, 6>>()?.clone();
-        let weights = (weights as &dyn Any).downcast_ref::<Tensor<Autodiff<Inner>, 4>>()?.clone();
+        let value = (value as &dyn Any)
+            .downcast_ref::<Tensor<Autodiff<Inner>, 3>>()?
+            .clone();
+        let locations = (locations as &dyn Any)
+            .downcast_ref::<Tensor<Autodiff<Inner>, 6>>()?
+            .clone();
+        let weights = (weights as &dyn Any)
+            .downcast_ref::<Tensor<Autodiff<Inner>, 4>>()?
+            .clone();
         let out = run::<Inner>(value, locations, weights, g);
         let boxed: Box<dyn Any> = Box::new(out);
-        Some(*boxed.downcast::<Tensor<Outer, 3>>().expect("Outer is Autodiff<Inner>"))
+        Some(
+            *boxed
+                .downcast::<Tensor<Outer, 3>>()
+                .expect("Outer is Autodiff<Inner>"),
+        )
     }
 
     fn run<B: Backend>(
@@ -334,9 +377,15 @@ mod autodiff {
             weights.into_primitive().tensor(),
         );
         let saved = Saved {
-            value: host(Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(value.primitive.clone()))),
-            locations: host(Tensor::<B, 6>::from_primitive(TensorPrimitive::Float(locations.primitive.clone()))),
-            weights: host(Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(weights.primitive.clone()))),
+            value: host(Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(
+                value.primitive.clone(),
+            ))),
+            locations: host(Tensor::<B, 6>::from_primitive(TensorPrimitive::Float(
+                locations.primitive.clone(),
+            ))),
+            weights: host(Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(
+                weights.primitive.clone(),
+            ))),
             geometry: g.clone(),
         };
         let out = forward(&saved.value, &saved.locations, &saved.weights, g);

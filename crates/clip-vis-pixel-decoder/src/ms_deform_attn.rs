@@ -295,5 +295,4 @@ impl<B: Backend> MsDeformAttn<B> {
             .reshape([batch, heads * head_dim, queries])
             .swap_dims(1, 2)
     }
-
 }

@@ -223,9 +223,7 @@ impl<B: Backend> MsDeformAttnPixelDecoder<B> {
         sink.put(k("transformer.level_embed"), self.level_embed.val());
         for (i, layer) in self.layers.iter().enumerate() {
             let prefix = k(&format!("transformer.encoder.layers.{i}"));
-            layer
-                .self_attn
-                .save(sink, &format!("{prefix}.self_attn"));
+            layer.self_attn.save(sink, &format!("{prefix}.self_attn"));
             layer.norm1.save(sink, &format!("{prefix}.norm1"));
             save_linear(sink, &format!("{prefix}.linear1"), &layer.linear1);
             save_linear(sink, &format!("{prefix}.linear2"), &layer.linear2);

@@ -162,25 +162,40 @@ fn check_host_autodiff_gradients<B: burn::tensor::backend::Backend>() {
     struct Grads<'a, B: burn::tensor::backend::AutodiffBackend>(&'a B::Gradients, Vec<Vec<f32>>);
     impl<B: burn::tensor::backend::AutodiffBackend> ModuleVisitor<B> for Grads<'_, B> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let g = param.val().grad(self.0).expect("every parameter gets a gradient");
-            self.1.push(g.into_data().convert::<f32>().into_vec().unwrap());
+            let g = param
+                .val()
+                .grad(self.0)
+                .expect("every parameter gets a gradient");
+            self.1
+                .push(g.into_data().convert::<f32>().into_vec().unwrap());
         }
     }
     let run = |core: SamplingCore| {
-        let (q, v) = (query.clone().detach().require_grad(), value.clone().detach().require_grad());
+        let (q, v) = (
+            query.clone().detach().require_grad(),
+            value.clone().detach().require_grad(),
+        );
         let out = module.forward_with(core, q.clone(), reference.clone(), v.clone(), &shapes);
         let grads = (out.clone() * weights.clone()).sum().backward();
         let mut params = Grads::<A<B>>(&grads, Vec::new());
         module.visit(&mut params);
         let host = |t: Tensor<B, 3>| t.into_data().convert::<f32>().into_vec::<f32>().unwrap();
-        (host(out.inner()), host(q.grad(&grads).unwrap()), host(v.grad(&grads).unwrap()), params.1)
+        (
+            host(out.inner()),
+            host(q.grad(&grads).unwrap()),
+            host(v.grad(&grads).unwrap()),
+            params.1,
+        )
     };
     let (out, dq, dv, dp) = run(SamplingCore::HostAutodiff);
     let (out_ref, dq_ref, dv_ref, dp_ref) = run(SamplingCore::Gather);
     let close = |what: &str, a: &[f32], b: &[f32]| {
         let scale = b.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!((x - y).abs() <= 1e-4 * scale, "{what}[{i}]: {x} vs {y} (gather core)");
+            assert!(
+                (x - y).abs() <= 1e-4 * scale,
+                "{what}[{i}]: {x} vs {y} (gather core)"
+            );
         }
     };
     close("output", &out, &out_ref);

@@ -138,7 +138,11 @@ impl Augmentation {
                 let c = rng.uniform();
                 let oy = ((nh.saturating_sub(size)) as f64 * c).round_ties_even() as usize;
                 let ox = ((nw.saturating_sub(size)) as f64 * c).round_ties_even() as usize;
-                let source = if flipped { flip_image(image) } else { image.clone() };
+                let source = if flipped {
+                    flip_image(image)
+                } else {
+                    image.clone()
+                };
                 let resized = resize_bilinear(&source, nw, nh);
                 let out = crop_pad_image(&resized, ox, oy, size, size, *pad_value);
                 let geometry = Geometry {
@@ -180,7 +184,11 @@ impl Augmentation {
                 let (nh, nw) = resized_size(h, w, short, *max_size);
                 let flipped = *flip && rng.uniform() < 0.5;
                 let resized = resize_bilinear(image, nw, nh);
-                let out = if flipped { flip_image(&resized) } else { resized };
+                let out = if flipped {
+                    flip_image(&resized)
+                } else {
+                    resized
+                };
                 let geometry = Geometry {
                     width: w as f64,
                     flip_before: false,
@@ -240,7 +248,11 @@ impl Geometry {
                 let points: Vec<(f64, f64)> = polygon
                     .chunks_exact(2)
                     .map(|p| {
-                        let mut x = if self.flip_before { self.width - p[0] } else { p[0] };
+                        let mut x = if self.flip_before {
+                            self.width - p[0]
+                        } else {
+                            p[0]
+                        };
                         x *= self.sx;
                         if let Some(width) = self.flip_after {
                             x = width - x;
@@ -373,7 +385,14 @@ fn resize_nearest(mask: &[u8], w: usize, h: usize, nw: usize, nh: usize) -> Vec<
 }
 
 /// The `cw × ch` window at `(ox, oy)` of an image, padded right and bottom with `pad`.
-fn crop_pad_image(image: &RgbImage, ox: usize, oy: usize, cw: usize, ch: usize, pad: u8) -> RgbImage {
+fn crop_pad_image(
+    image: &RgbImage,
+    ox: usize,
+    oy: usize,
+    cw: usize,
+    ch: usize,
+    pad: u8,
+) -> RgbImage {
     let mut pixels = vec![pad; cw * ch * 3];
     let rows = image.height.saturating_sub(oy).min(ch);
     let cols = image.width.saturating_sub(ox).min(cw);
@@ -385,7 +404,15 @@ fn crop_pad_image(image: &RgbImage, ox: usize, oy: usize, cw: usize, ch: usize, 
     RgbImage::new(cw, ch, pixels).expect("window size")
 }
 
-fn crop_pad_mask(mask: &[u8], w: usize, h: usize, ox: usize, oy: usize, cw: usize, ch: usize) -> Vec<u8> {
+fn crop_pad_mask(
+    mask: &[u8],
+    w: usize,
+    h: usize,
+    ox: usize,
+    oy: usize,
+    cw: usize,
+    ch: usize,
+) -> Vec<u8> {
     let mut out = vec![0u8; cw * ch];
     let rows = h.saturating_sub(oy).min(ch);
     let cols = w.saturating_sub(ox).min(cw);
@@ -412,7 +439,11 @@ mod tests {
     fn lsj_output_is_always_the_target_size() {
         let aug = Augmentation::lsj(64);
         for seed in 0..20 {
-            let out = aug.apply(&picture(40, 30), &[square(5.0, 5.0, 20.0, 25.0)], &mut Rng::new(seed));
+            let out = aug.apply(
+                &picture(40, 30),
+                &[square(5.0, 5.0, 20.0, 25.0)],
+                &mut Rng::new(seed),
+            );
             assert_eq!((out.image.width, out.image.height), (64, 64));
             assert!(out.masks.iter().all(|m| m.len() == 64 * 64));
         }
@@ -436,25 +467,45 @@ mod tests {
         let rle = InstanceMask::Rle(mask::encode(&column_major, h as u32, w as u32).unwrap());
         for aug in [Augmentation::lsj(40), Augmentation::video_finetune()] {
             for seed in 0..10 {
-                let out = aug.apply(&picture(w, h), &[polygon.clone(), rle.clone()], &mut Rng::new(seed));
+                let out = aug.apply(
+                    &picture(w, h),
+                    &[polygon.clone(), rle.clone()],
+                    &mut Rng::new(seed),
+                );
                 if out.masks.len() < 2 {
                     continue; // cropped away
                 }
                 let (a, b) = (&out.masks[0], &out.masks[1]);
-                let both = a.iter().zip(b).filter(|(p, q)| **p == 1 && **q == 1).count();
-                let either = a.iter().zip(b).filter(|(p, q)| **p == 1 || **q == 1).count();
-                assert!(both as f64 >= 0.7 * either as f64, "{aug:?} seed {seed}: IoU {}", both as f64 / either as f64);
+                let both = a
+                    .iter()
+                    .zip(b)
+                    .filter(|(p, q)| **p == 1 && **q == 1)
+                    .count();
+                let either = a
+                    .iter()
+                    .zip(b)
+                    .filter(|(p, q)| **p == 1 || **q == 1)
+                    .count();
+                assert!(
+                    both as f64 >= 0.7 * either as f64,
+                    "{aug:?} seed {seed}: IoU {}",
+                    both as f64 / either as f64
+                );
             }
         }
     }
 
     #[test]
     fn flip_mirrors_image_and_mask() {
-        let aug = Augmentation::ResizeShortestEdge { short_edge: vec![30], max_size: 1333, flip: true };
+        let aug = Augmentation::ResizeShortestEdge {
+            short_edge: vec![30],
+            max_size: 1333,
+            flip: true,
+        };
         let image = picture(40, 30);
         let instance = square(0.0, 0.0, 10.0, 30.0); // the left quarter
         let flipped = (0..50)
-            .map(|s| aug.apply(&image, &[instance.clone()], &mut Rng::new(s)))
+            .map(|s| aug.apply(&image, std::slice::from_ref(&instance), &mut Rng::new(s)))
             .find(|out| out.masks[0][39] == 1)
             .expect("some draw flips");
         assert_eq!(flipped.masks[0][0], 0);
@@ -463,10 +514,24 @@ mod tests {
 
     #[test]
     fn clipping_keeps_the_inside() {
-        let clipped = clip_to_window(&[(-5.0, -5.0), (5.0, -5.0), (5.0, 5.0), (-5.0, 5.0)], 10.0, 10.0);
+        let clipped = clip_to_window(
+            &[(-5.0, -5.0), (5.0, -5.0), (5.0, 5.0), (-5.0, 5.0)],
+            10.0,
+            10.0,
+        );
         let xs: Vec<f64> = clipped.iter().map(|p| p.0).collect();
         assert!(xs.iter().all(|&x| (0.0..=5.0).contains(&x)));
-        assert_eq!(rasterize(&[clipped.iter().flat_map(|&(x, y)| [x, y]).collect()], 10, 10).iter().filter(|&&v| v == 1).count(), 25);
+        assert_eq!(
+            rasterize(
+                &[clipped.iter().flat_map(|&(x, y)| [x, y]).collect()],
+                10,
+                10
+            )
+            .iter()
+            .filter(|&&v| v == 1)
+            .count(),
+            25
+        );
         assert!(clip_to_window(&[(-5.0, -5.0), (-1.0, -5.0), (-1.0, -1.0)], 10.0, 10.0).is_empty());
     }
 }

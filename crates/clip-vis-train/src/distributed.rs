@@ -72,10 +72,19 @@ fn collective_error(e: impl std::fmt::Debug) -> TrainError {
 
 impl Peer {
     /// Sums `values` over all ranks (every rank must call it the same number of times).
-    pub fn all_reduce_sum<B: Backend>(&self, values: &[f32], device: &B::Device) -> Result<Vec<f32>> {
-        let tensor = Tensor::<B, 1>::from_data(TensorData::new(values.to_vec(), [values.len()]), device);
-        let reduced = all_reduce::<B>(self.id, tensor.into_primitive().tensor(), ReduceOperation::Sum)
-            .map_err(collective_error)?;
+    pub fn all_reduce_sum<B: Backend>(
+        &self,
+        values: &[f32],
+        device: &B::Device,
+    ) -> Result<Vec<f32>> {
+        let tensor =
+            Tensor::<B, 1>::from_data(TensorData::new(values.to_vec(), [values.len()]), device);
+        let reduced = all_reduce::<B>(
+            self.id,
+            tensor.into_primitive().tensor(),
+            ReduceOperation::Sum,
+        )
+        .map_err(collective_error)?;
         Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(reduced))
             .into_data()
             .convert::<f32>()
@@ -84,7 +93,10 @@ impl Peer {
     }
 
     /// Averages the gradients over all ranks.
-    pub fn all_reduce_gradients<B: AutodiffBackend>(&self, grads: GradientsParams) -> Result<GradientsParams> {
+    pub fn all_reduce_gradients<B: AutodiffBackend>(
+        &self,
+        grads: GradientsParams,
+    ) -> Result<GradientsParams> {
         grads
             .all_reduce::<B::InnerBackend>(self.id, ReduceOperation::Mean)
             .map_err(collective_error)
@@ -138,8 +150,14 @@ fn collective_config(devices: usize, parallel: &DataParallel) -> Result<Collecti
     })?;
     Ok(config
         .with_num_nodes(parallel.num_nodes as u32)
-        .with_global_address(parse_address("the orchestrator address", &parallel.orchestrator)?)
-        .with_node_address(parse_address("this machine's address", &parallel.node_address)?)
+        .with_global_address(parse_address(
+            "the orchestrator address",
+            &parallel.orchestrator,
+        )?)
+        .with_node_address(parse_address(
+            "this machine's address",
+            &parallel.node_address,
+        )?)
         .with_data_service_port(port)
         .with_global_all_reduce_strategy(AllReduceStrategy::Ring))
 }
@@ -159,7 +177,9 @@ pub fn train_data_parallel<B: AutodiffBackend>(
     hooks: &mut (dyn TrainHooks<B> + Send),
 ) -> Result<TrainSummary> {
     if devices.is_empty() {
-        return Err(TrainError::Config("data-parallel training needs a device".into()));
+        return Err(TrainError::Config(
+            "data-parallel training needs a device".into(),
+        ));
     }
     if parallel.node_rank >= parallel.num_nodes.max(1) {
         return Err(TrainError::Config(format!(
@@ -199,7 +219,9 @@ pub fn train_data_parallel<B: AutodiffBackend>(
                         .map_err(collective_error)?;
                     let result = (|| {
                         let mut trainer = match config {
-                            Some(config) => Trainer::<B>::start(config, out, device, Some(peer.clone()))?,
+                            Some(config) => {
+                                Trainer::<B>::start(config, out, device, Some(peer.clone()))?
+                            }
                             None => Trainer::<B>::resume_as(out, device, Some(peer.clone()))?,
                         }
                         .with_progress(progress && rank == 0);
@@ -219,9 +241,11 @@ pub fn train_data_parallel<B: AutodiffBackend>(
             .collect();
         let mut summaries = Vec::new();
         for handle in handles {
-            summaries.push(handle.join().map_err(|_| {
-                TrainError::Collective("a data-parallel rank panicked".into())
-            })??);
+            summaries.push(
+                handle.join().map_err(|_| {
+                    TrainError::Collective("a data-parallel rank panicked".into())
+                })??,
+            );
         }
         Ok(summaries.swap_remove(0))
     })
@@ -233,7 +257,9 @@ pub fn spawn_orchestrator(port: u16) -> Result<std::thread::JoinHandle<()>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| TrainError::Collective(format!("cannot start the orchestrator runtime: {e}")))?;
+        .map_err(|e| {
+            TrainError::Collective(format!("cannot start the orchestrator runtime: {e}"))
+        })?;
     std::thread::Builder::new()
         .name("clip-vis-orchestrator".into())
         .spawn(move || runtime.block_on(burn_collective::start_global_orchestrator(port)))

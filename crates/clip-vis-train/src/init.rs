@@ -28,7 +28,9 @@ use crate::Result;
 
 /// Uniform `±bound` values.
 fn uniform(rng: &mut Rng, count: usize, bound: f64) -> Vec<f32> {
-    (0..count).map(|_| rng.range(-bound, bound) as f32).collect()
+    (0..count)
+        .map(|_| rng.range(-bound, bound) as f32)
+        .collect()
 }
 
 /// Standard normal values (Box–Muller).
@@ -71,9 +73,9 @@ fn offset_grid(heads: usize, levels: usize, points: usize) -> Vec<f32> {
 /// The initial value of the decoder tensor `key` (detectron2 name) of `shape`.
 fn initial(key: &str, shape: &[usize], seed: u64, config: &ClipVisConfig) -> Vec<f32> {
     let count: usize = shape.iter().product();
-    let stream = key
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let stream = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     let mut rng = Rng::derive(seed, &[6, stream]);
     let name = key.rsplit('.').next().unwrap_or(key);
     let pixel = key.starts_with(PIXEL_DECODER_PREFIX);
@@ -86,8 +88,10 @@ fn initial(key: &str, shape: &[usize], seed: u64, config: &ClipVisConfig) -> Vec
     if is_norm {
         return vec![if name == "weight" { 1.0 } else { 0.0 }; count];
     }
-    if key.ends_with("level_embed") || key.ends_with("query_feat.weight")
-        || key.ends_with("query_embed.weight") || key.ends_with("level_embed.weight")
+    if key.ends_with("level_embed")
+        || key.ends_with("query_feat.weight")
+        || key.ends_with("query_embed.weight")
+        || key.ends_with("level_embed.weight")
     {
         return normal(&mut rng, count);
     }
@@ -106,7 +110,11 @@ fn initial(key: &str, shape: &[usize], seed: u64, config: &ClipVisConfig) -> Vec
         if heads_mlp {
             return uniform(&mut rng, count, 1.0 / fan_in.sqrt());
         }
-        if pixel && ["adapter_1", "layer_1", "mask_features"].iter().any(|m| key.contains(m)) {
+        if pixel
+            && ["adapter_1", "layer_1", "mask_features"]
+                .iter()
+                .any(|m| key.contains(m))
+        {
             // c2_xavier_fill: kaiming_uniform_(a=1).
             return uniform(&mut rng, count, (3.0 / fan_in).sqrt());
         }
@@ -149,7 +157,10 @@ fn linear_fan_in(key: &str, config: &ClipVisConfig) -> Option<usize> {
         if key.contains("linear2") {
             return Some(t.ffn_dim);
         }
-        if ["object_embed.", "mask_embed.", "iou_head."].iter().any(|h| key.contains(h)) {
+        if ["object_embed.", "mask_embed.", "iou_head."]
+            .iter()
+            .any(|h| key.contains(h))
+        {
             return Some(t.hidden_dim);
         }
     }
@@ -211,10 +222,18 @@ mod tests {
         let values = |k: &str| store.raw(k).unwrap().values.clone();
         let p = PIXEL_DECODER_PREFIX;
         let q = PREDICTOR_PREFIX;
-        assert!(values(&format!("{p}.input_proj.0.1.weight")).iter().all(|&v| v == 1.0));
-        assert!(values(&format!("{p}.transformer.encoder.layers.0.self_attn.attention_weights.weight")).iter().all(|&v| v == 0.0));
+        assert!(values(&format!("{p}.input_proj.0.1.weight"))
+            .iter()
+            .all(|&v| v == 1.0));
+        assert!(values(&format!(
+            "{p}.transformer.encoder.layers.0.self_attn.attention_weights.weight"
+        ))
+        .iter()
+        .all(|&v| v == 0.0));
         // Xavier bound for the 256x256 value projection: sqrt(6 / 512).
-        let v = values(&format!("{p}.transformer.encoder.layers.0.self_attn.value_proj.weight"));
+        let v = values(&format!(
+            "{p}.transformer.encoder.layers.0.self_attn.value_proj.weight"
+        ));
         let bound = (6.0f32 / 512.0).sqrt();
         let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
         assert!(max <= bound && max > 0.95 * bound, "{max} vs {bound}");
@@ -222,10 +241,16 @@ mod tests {
         let e = values(&format!("{q}.query_feat.weight"));
         let mean = e.iter().sum::<f32>() / e.len() as f32;
         let var = e.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / e.len() as f32;
-        assert!(mean.abs() < 0.02 && (var - 1.0).abs() < 0.05, "{mean} {var}");
+        assert!(
+            mean.abs() < 0.02 && (var - 1.0).abs() < 0.05,
+            "{mean} {var}"
+        );
         // The same seed gives the same weights, another seed others.
         assert_eq!(values(&format!("{q}.query_feat.weight")), e);
         let other = initial_decoders(&config, 2).unwrap();
-        assert_ne!(other.raw(&format!("{q}.query_feat.weight")).unwrap().values, e);
+        assert_ne!(
+            other.raw(&format!("{q}.query_feat.weight")).unwrap().values,
+            e
+        );
     }
 }

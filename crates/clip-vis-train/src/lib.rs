@@ -33,9 +33,9 @@ mod trainer;
 pub mod validation;
 
 pub use criterion::{Criterion, CriterionConfig, LossTerms, OutputLosses, Targets};
+pub use error::{Result, TrainError};
 pub use matcher::{match_image, matching_cost, Assignment, MatcherConfig};
 pub use points::{point_sample, uncertain_points, PointSource, SeededPoints};
-pub use error::{Result, TrainError};
 pub use step::{frozen_features, TrainableHead, TrainingModel};
 pub use trainer::{
     clip_store, ClipWeights, DataSpec, DecoderInit, NoHooks, PointSourceFactory, StepReport,
@@ -49,4 +49,3 @@ pub(crate) fn log1p_exp_neg_abs<B: burn::tensor::backend::Backend, const D: usiz
 ) -> burn::tensor::Tensor<B, D> {
     x.abs().neg().exp().log1p()
 }
-

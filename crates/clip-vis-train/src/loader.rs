@@ -118,7 +118,12 @@ fn load_sample(
             Ok(image)
         });
         match loaded {
-            Ok(image) => return Ok((augmentation.apply(&image, &record.instances, &mut rng), skipped)),
+            Ok(image) => {
+                return Ok((
+                    augmentation.apply(&image, &record.instances, &mut rng),
+                    skipped,
+                ))
+            }
             Err(error) if bad_images == BadRecords::Error => return Err(error),
             Err(_) => skipped += 1,
         }
@@ -319,9 +324,9 @@ impl Loader {
                     if let Some(loaded) = self.pending.remove(&k) {
                         break loaded;
                     }
-                    let (i, loaded) = results.recv().map_err(|_| {
-                        TrainError::Config("the loader threads stopped".into())
-                    })?;
+                    let (i, loaded) = results
+                        .recv()
+                        .map_err(|_| TrainError::Config("the loader threads stopped".into()))?;
                     self.pending.insert(i, loaded);
                 },
             };

@@ -102,10 +102,22 @@ fn product_transposed(a: &[f32], b: &[f32], rows: usize, cols: usize, k: usize) 
 /// [`matching_cost`] on host buffers: predictions sampled as `x` `[Q, P]`, targets as `t`
 /// `[N, P]`, object logits `[Q, 2]`; returns `[Q, N]`. The BCE term uses
 /// `Σ_p pos·t + neg·(1 − t) = Σ_p neg − Σ_p x·t` (`pos − neg = −x`), two matrix products in all.
-fn matching_cost_host(config: &MatcherConfig, x: &[f32], t: &[f32], objects: &[f32], queries: usize, n: usize, p: usize) -> Vec<f64> {
+fn matching_cost_host(
+    config: &MatcherConfig,
+    x: &[f32],
+    t: &[f32],
+    objects: &[f32],
+    queries: usize,
+    n: usize,
+    p: usize,
+) -> Vec<f64> {
     let neg_sum: Vec<f32> = x
         .chunks_exact(p)
-        .map(|row| row.iter().map(|&v| v.max(0.0) + (-v.abs()).exp().ln_1p()).sum())
+        .map(|row| {
+            row.iter()
+                .map(|&v| v.max(0.0) + (-v.abs()).exp().ln_1p())
+                .sum()
+        })
         .collect();
     let prob: Vec<f32> = x.iter().map(|&v| 1.0 / (1.0 + (-v).exp())).collect();
     let prob_sum: Vec<f32> = prob.chunks_exact(p).map(|r| r.iter().sum()).collect();
@@ -148,16 +160,26 @@ pub fn match_image<B: Backend>(
     let uniform = source.uniform(1, config.points);
     let cost: Vec<f64> = if clip_vis_clip::nn::runs_on_host::<B>(&device) {
         // Host memory already: sample and reduce the values directly (no gradient flows here).
-        let host = |t: Tensor<B, 3>| t.into_data().convert::<f32>().into_vec::<f32>().expect("f32");
+        let host = |t: Tensor<B, 3>| {
+            t.into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .expect("f32")
+        };
         let [_, h, w] = masks.dims();
         let [_, th, tw] = targets.dims();
         let p = config.points;
         let x = point_sample_host(&host(masks), queries, h, w, &uniform, p);
         let t = point_sample_host(&host(targets), n, th, tw, &uniform, p);
-        let objects = object_logits.into_data().convert::<f32>().into_vec::<f32>().expect("f32");
+        let objects = object_logits
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("f32");
         matching_cost_host(config, &x, &t, &objects, queries, n, p)
     } else {
-        let points = Tensor::<B, 2>::from_data(TensorData::new(uniform, [config.points, 2]), &device);
+        let points =
+            Tensor::<B, 2>::from_data(TensorData::new(uniform, [config.points, 2]), &device);
         matching_cost(config, masks, object_logits, targets, points)
             .into_data()
             .convert::<f64>()

@@ -148,8 +148,8 @@ pub fn stable_param_ids<B: Backend, M: Module<B>>(module: M) -> M {
             let (_, tensor, mapper) = param.consume();
             let device = tensor.device();
             let require_grad = tensor.is_require_grad();
-            let contiguous =
-                Tensor::<B, D>::from_data(tensor.into_data(), &device).set_require_grad(require_grad);
+            let contiguous = Tensor::<B, D>::from_data(tensor.into_data(), &device)
+                .set_require_grad(require_grad);
             self.0 += 1;
             // An offset keeps these clear of small ids other code might pick.
             Param::from_mapped_value(ParamId::from(0x5eed_0000 + self.0), contiguous, mapper)
@@ -172,7 +172,8 @@ struct DecayGroups {
 
 impl<B: Backend> ModuleVisitor<B> for DecayGroups {
     fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.stack.push((name.to_string(), container_type.to_string()));
+        self.stack
+            .push((name.to_string(), container_type.to_string()));
     }
 
     fn exit_module(&mut self, _: &str, _: &str) {
@@ -292,7 +293,10 @@ impl<B: AutodiffBackend> std::fmt::Debug for HeadOptimizer<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HeadOptimizer")
             .field("config", &self.config)
-            .field("groups", &self.groups.iter().map(|g| g.0.len()).collect::<Vec<_>>())
+            .field(
+                "groups",
+                &self.groups.iter().map(|g| g.0.len()).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -364,12 +368,13 @@ impl<B: AutodiffBackend> HeadOptimizer<B> {
         let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
         for (g, (_, optimizer)) in self.groups.iter_mut().enumerate() {
             let path = dir.join(format!("optimizer_{g}"));
-            let record = recorder
-                .load(path.clone(), device)
-                .map_err(|e| TrainError::Checkpoint {
-                    file: path.with_extension("mpk"),
-                    message: format!("cannot read the optimiser state: {e}"),
-                })?;
+            let record =
+                recorder
+                    .load(path.clone(), device)
+                    .map_err(|e| TrainError::Checkpoint {
+                        file: path.with_extension("mpk"),
+                        message: format!("cannot read the optimiser state: {e}"),
+                    })?;
             *optimizer = optimizer.clone().load_record(record);
         }
         Ok(self)
@@ -398,6 +403,11 @@ mod tests {
         assert!((schedule.multiplier(80) - 0.01).abs() < 1e-12);
         // The released setting: warmup factor 1, i.e. no warmup.
         assert_eq!(ScheduleConfig::default().multiplier(0), 1.0);
-        assert!(ScheduleConfig { steps: vec![5, 3], ..schedule }.validate().is_err());
+        assert!(ScheduleConfig {
+            steps: vec![5, 3],
+            ..schedule
+        }
+        .validate()
+        .is_err());
     }
 }

@@ -39,31 +39,44 @@ impl PointSource for SeededPoints {
 /// (row-major) sampled at `coords` (`(x, y)` in `[0, 1]`), either `[n, p, 2]` (each map its own
 /// points) or `[p, 2]` shared by all maps; returns `[n, p]`. The same arithmetic as
 /// `grid_sample` (`x·W − 0.5`, zeros outside), parallel over the maps.
-pub(crate) fn point_sample_host(maps: &[f32], n: usize, h: usize, w: usize, coords: &[f32], p: usize) -> Vec<f32> {
+pub(crate) fn point_sample_host(
+    maps: &[f32],
+    n: usize,
+    h: usize,
+    w: usize,
+    coords: &[f32],
+    p: usize,
+) -> Vec<f32> {
     use rayon::prelude::*;
     let shared = coords.len() == p * 2;
     let mut out = vec![0f32; n * p];
-    out.par_chunks_mut(p.max(1)).enumerate().for_each(|(i, row)| {
-        let map = &maps[i * h * w..(i + 1) * h * w];
-        let coords = if shared { coords } else { &coords[i * p * 2..(i + 1) * p * 2] };
-        for (k, value) in row.iter_mut().enumerate() {
-            let x = coords[2 * k] * w as f32 - 0.5;
-            let y = coords[2 * k + 1] * h as f32 - 0.5;
-            let (x0, y0) = (x.floor(), y.floor());
-            let (fx, fy) = (x - x0, y - y0);
-            let (x0, y0) = (x0 as isize, y0 as isize);
-            let mut acc = 0f32;
-            for (dy, wy) in [(0, 1.0 - fy), (1, fy)] {
-                for (dx, wx) in [(0, 1.0 - fx), (1, fx)] {
-                    let (cx, cy) = (x0 + dx, y0 + dy);
-                    if cx >= 0 && cy >= 0 && (cx as usize) < w && (cy as usize) < h {
-                        acc += wy * wx * map[cy as usize * w + cx as usize];
+    out.par_chunks_mut(p.max(1))
+        .enumerate()
+        .for_each(|(i, row)| {
+            let map = &maps[i * h * w..(i + 1) * h * w];
+            let coords = if shared {
+                coords
+            } else {
+                &coords[i * p * 2..(i + 1) * p * 2]
+            };
+            for (k, value) in row.iter_mut().enumerate() {
+                let x = coords[2 * k] * w as f32 - 0.5;
+                let y = coords[2 * k + 1] * h as f32 - 0.5;
+                let (x0, y0) = (x.floor(), y.floor());
+                let (fx, fy) = (x - x0, y - y0);
+                let (x0, y0) = (x0 as isize, y0 as isize);
+                let mut acc = 0f32;
+                for (dy, wy) in [(0, 1.0 - fy), (1, fy)] {
+                    for (dx, wx) in [(0, 1.0 - fx), (1, fx)] {
+                        let (cx, cy) = (x0 + dx, y0 + dy);
+                        if cx >= 0 && cy >= 0 && (cx as usize) < w && (cy as usize) < h {
+                            acc += wy * wx * map[cy as usize * w + cx as usize];
+                        }
                     }
                 }
+                *value = acc;
             }
-            *value = acc;
-        }
-    });
+        });
     out
 }
 
@@ -113,8 +126,18 @@ pub(crate) fn select_uncertain<B: Backend>(
     let sampled = if clip_vis_clip::nn::runs_on_host::<B>(&device) {
         // No gradient flows here: sample the host values directly instead of through gathers.
         let [_, _, h, w] = logits.dims();
-        let host = |t: Tensor<B, 4>| t.into_data().convert::<f32>().into_vec::<f32>().expect("f32");
-        let coords = cand.clone().into_data().convert::<f32>().into_vec::<f32>().expect("f32");
+        let host = |t: Tensor<B, 4>| {
+            t.into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .expect("f32")
+        };
+        let coords = cand
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("f32");
         let values = point_sample_host(&host(logits), m, h, w, &coords, candidates);
         Tensor::<B, 2>::from_data(TensorData::new(values, [m, candidates]), &device)
     } else {

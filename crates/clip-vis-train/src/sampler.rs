@@ -100,7 +100,8 @@ impl Sampler {
                 let mut list = Vec::with_capacity(factors.len() * 2);
                 for (i, &r) in factors.iter().enumerate() {
                     let whole = r.trunc();
-                    let repeats = whole as usize + usize::from((rounding.uniform() as f32) < r - whole);
+                    let repeats =
+                        whole as usize + usize::from((rounding.uniform() as f32) < r - whole);
                     list.extend(std::iter::repeat_n(i, repeats));
                 }
                 list
@@ -200,7 +201,9 @@ mod tests {
         assert_eq!(factors[2], 1.0);
         // Over many epochs record 0 appears ≈ 3.16 times per epoch.
         let sampler = Sampler::from_factors(1000, Some(factors), 1);
-        let count: usize = (0..200).map(|e| sampler.epoch(e).iter().filter(|&&i| i == 0).count()).sum();
+        let count: usize = (0..200)
+            .map(|e| sampler.epoch(e).iter().filter(|&&i| i == 0).count())
+            .sum();
         assert!((count as f64 / 200.0 - 10f64.sqrt()).abs() < 0.1, "{count}");
     }
 }

@@ -10,7 +10,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use clip_vis_clip::model::CLIP_VIS_PREFIX;
 use clip_vis_clip::{Clip, TensorSink, TensorStore};
-use clip_vis_model::{ClipVis, ClipVisConfig, PIXEL_DECODER_PREFIX, PREDICTOR_PREFIX};
+use clip_vis_model::{ClipVis, ClipVisConfig};
 use clip_vis_pixel_decoder::MsDeformAttnPixelDecoder;
 use clip_vis_transformer_decoder::MultiScaleMaskedTransformerDecoder;
 
@@ -36,7 +36,13 @@ impl<B: burn::tensor::backend::Backend> TrainableHead<B> {
         criterion: &Criterion,
         source: &mut dyn PointSource,
     ) -> Result<LossTerms<B>> {
-        self.losses_normalized(features, targets, criterion, Criterion::num_masks(targets), source)
+        self.losses_normalized(
+            features,
+            targets,
+            criterion,
+            Criterion::num_masks(targets),
+            source,
+        )
     }
 
     /// [`TrainableHead::losses`] with the mask losses divided by `num_masks` (data-parallel
@@ -64,19 +70,11 @@ impl<B: burn::tensor::backend::Backend> TrainableHead<B> {
 
     /// Loads both decoders from `store` (detectron2 names).
     pub fn load(store: &TensorStore, config: &ClipVisConfig, device: &B::Device) -> Result<Self> {
+        let (pixel_decoder, transformer_decoder) =
+            clip_vis_model::load_decoders(store, config, device)?;
         Ok(Self {
-            pixel_decoder: MsDeformAttnPixelDecoder::load(
-                store,
-                PIXEL_DECODER_PREFIX,
-                &config.pixel_decoder,
-                device,
-            )?,
-            transformer_decoder: MultiScaleMaskedTransformerDecoder::load(
-                store,
-                PREDICTOR_PREFIX,
-                &config.transformer_decoder,
-                device,
-            )?,
+            pixel_decoder,
+            transformer_decoder,
         })
     }
 }

@@ -73,8 +73,7 @@ impl SynthConfig {
                 self.min_objects, self.max_objects
             )));
         }
-        if !(self.min_radius > 0.0 && self.min_radius <= self.max_radius && self.max_radius < 1.0)
-        {
+        if !(self.min_radius > 0.0 && self.min_radius <= self.max_radius && self.max_radius < 1.0) {
             return Err(TrainError::Config(format!(
                 "synthetic radius range {}..{} must satisfy 0 < min <= max < 1",
                 self.min_radius, self.max_radius
@@ -265,7 +264,11 @@ impl Background {
         let short = config.width.min(config.height) as f64;
         Self {
             texture: Texture::random(rng, (0.0, 0.35), short * 0.3),
-            gradient: [rng.range(-60.0, 60.0), rng.range(-60.0, 60.0), rng.range(-60.0, 60.0)],
+            gradient: [
+                rng.range(-60.0, 60.0),
+                rng.range(-60.0, 60.0),
+                rng.range(-60.0, 60.0),
+            ],
             noise_seed: rng.next_u64(),
         }
     }
@@ -310,10 +313,7 @@ fn render(
     let masks = (0..objects.len())
         .map(|i| owner.iter().map(|&o| o == i).collect())
         .collect();
-    (
-        RgbImage::new(w, h, pixels).expect("consistent size"),
-        masks,
-    )
+    (RgbImage::new(w, h, pixels).expect("consistent size"), masks)
 }
 
 /// Picture `index` of a synthetic image set.
@@ -352,12 +352,17 @@ struct Motion {
 pub fn render_video(config: &SynthConfig, index: usize, frames: usize) -> Result<SynthVideo> {
     config.validate()?;
     if frames == 0 {
-        return Err(TrainError::Config("a synthetic video needs at least 1 frame".into()));
+        return Err(TrainError::Config(
+            "a synthetic video needs at least 1 frame".into(),
+        ));
     }
     let mut rng = Rng::derive(config.seed, &[2, index as u64]);
     let background = Background::random(&mut rng, config);
     let short = config.width.min(config.height) as f64;
-    let pan = (rng.range(-0.01, 0.01) * short, rng.range(-0.01, 0.01) * short);
+    let pan = (
+        rng.range(-0.01, 0.01) * short,
+        rng.range(-0.01, 0.01) * short,
+    );
     let count = config.min_objects + rng.below(config.max_objects - config.min_objects + 1);
     let motions: Vec<Motion> = (0..count)
         .map(|_| {
@@ -451,12 +456,18 @@ fn save_png(image: &RgbImage, path: &Path) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(TrainError::io(dir))?;
     }
-    let buffer =
-        image::RgbImage::from_raw(image.width as u32, image.height as u32, image.pixels.clone())
-            .expect("consistent size");
+    let buffer = image::RgbImage::from_raw(
+        image.width as u32,
+        image.height as u32,
+        image.pixels.clone(),
+    )
+    .expect("consistent size");
     let mut bytes = Vec::new();
     buffer
-        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
         .map_err(|e| TrainError::Image {
             file: path.to_path_buf(),
             message: e.to_string(),
@@ -587,14 +598,15 @@ mod tests {
             ..SynthConfig::default()
         };
         // Over a few videos some track must vanish and come back.
-        let reappears = (0..6).any(|v| {
-            render_video(&config, v, 24).unwrap().tracks.iter().any(|t| {
+        let reappears =
+            (0..6).any(|v| {
+                render_video(&config, v, 24).unwrap().tracks.iter().any(|t| {
                 let present: Vec<bool> = t.masks.iter().map(Option::is_some).collect();
                 let first = present.iter().position(|&p| p);
                 let last = present.iter().rposition(|&p| p);
                 matches!((first, last), (Some(a), Some(b)) if present[a..=b].contains(&false))
             })
-        });
+            });
         assert!(reappears);
         let video = render_video(&config, 0, 5).unwrap();
         assert_eq!(video.frames.len(), 5);

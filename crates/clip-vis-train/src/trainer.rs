@@ -201,7 +201,7 @@ impl TrainConfig {
     pub fn validate(&self, world_size: usize) -> Result<()> {
         self.schedule.validate()?;
         self.augmentation.validate().map_err(TrainError::Config)?;
-        if self.batch_size == 0 || self.batch_size % world_size != 0 {
+        if self.batch_size == 0 || !self.batch_size.is_multiple_of(world_size) {
             return Err(TrainError::Config(format!(
                 "the batch of {} pictures does not split evenly over {world_size} data-parallel ranks",
                 self.batch_size
@@ -473,7 +473,9 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// The trainable decoders.
     pub fn head(&self) -> &TrainableHead<B> {
-        self.head.as_ref().expect("the head is always present between steps")
+        self.head
+            .as_ref()
+            .expect("the head is always present between steps")
     }
 
     /// The inference model with the current weights.
@@ -497,7 +499,11 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// The batches this rank trains on from the current iteration.
     pub fn loader(&self) -> Result<Loader> {
         let source = self.config.data.open(self.config.bad_records)?;
-        let sampler = Arc::new(Sampler::new(self.config.sampler, source.as_ref(), self.config.seed));
+        let sampler = Arc::new(Sampler::new(
+            self.config.sampler,
+            source.as_ref(),
+            self.config.seed,
+        ));
         Loader::new(
             source,
             sampler,
@@ -529,19 +535,29 @@ impl<B: AutodiffBackend> Trainer<B> {
             masks: batch
                 .masks
                 .iter()
-                .map(|(n, m)| Tensor::<B, 3>::from_data(TensorData::new(m.clone(), [*n, h, w]), device))
+                .map(|(n, m)| {
+                    Tensor::<B, 3>::from_data(TensorData::new(m.clone(), [*n, h, w]), device)
+                })
                 .collect(),
         };
         let local_masks: usize = batch.masks.iter().map(|m| m.0).sum();
         let num_masks = match &self.peer {
             None => local_masks as f64,
-            Some(peer) => peer.all_reduce_sum::<B::InnerBackend>(&[local_masks as f32], device)?[0] as f64
-                / peer.world_size as f64,
+            Some(peer) => {
+                peer.all_reduce_sum::<B::InnerBackend>(&[local_masks as f32], device)?[0] as f64
+                    / peer.world_size as f64
+            }
         };
         let mut points = (self.points)(self.iteration, self.rank());
         let head = self.head.take().expect("the head is present between steps");
         let terms = frozen_features::<B>(&self.clip, pixels).and_then(|features| {
-            head.losses_normalized(features, &targets, &self.criterion, num_masks, points.as_mut())
+            head.losses_normalized(
+                features,
+                &targets,
+                &self.criterion,
+                num_masks,
+                points.as_mut(),
+            )
         });
         let terms = match terms {
             Ok(terms) => terms,
@@ -623,7 +639,11 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// Runs until iteration `stop` (at most `max_iter`); checkpoints, logs and evaluations
     /// happen on their periods. Stopping before `max_iter` leaves a resumable run (the
     /// checkpoints are its resume points).
-    pub fn run_until(&mut self, stop: usize, hooks: &mut dyn TrainHooks<B>) -> Result<TrainSummary> {
+    pub fn run_until(
+        &mut self,
+        stop: usize,
+        hooks: &mut dyn TrainHooks<B>,
+    ) -> Result<TrainSummary> {
         let max_iter = self.config.schedule.max_iter;
         let stop = stop.min(max_iter);
         let rank0 = self.rank() == 0;
@@ -643,7 +663,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             let done = self.iteration;
             if rank0 {
                 hooks.after_step(&report);
-                if done % self.config.log_period == 0 || done == max_iter {
+                if done.is_multiple_of(self.config.log_period) || done == max_iter {
                     self.append_metrics(&serde_json::to_value(&report).expect("plain numbers"))?;
                 }
                 if let Some(bar) = &bar {
@@ -660,11 +680,11 @@ impl<B: AutodiffBackend> Trainer<B> {
                 }
             }
             let checkpoint = self.config.checkpoint_period;
-            if rank0 && ((checkpoint > 0 && done % checkpoint == 0) || done == max_iter) {
+            if rank0 && ((checkpoint > 0 && done.is_multiple_of(checkpoint)) || done == max_iter) {
                 self.save_checkpoint()?;
             }
             let eval = self.config.eval_period;
-            if rank0 && ((eval > 0 && done % eval == 0) || done == max_iter) {
+            if rank0 && ((eval > 0 && done.is_multiple_of(eval)) || done == max_iter) {
                 let metrics = hooks.evaluate(&self.inference_model(), done)?;
                 if !metrics.is_empty() {
                     let mut line = serde_json::Map::new();

@@ -80,7 +80,12 @@ impl HeldOut {
             .enumerate()
             .flat_map(|(v, instances)| {
                 instances.iter().map(move |rle| {
-                    Track::new(v, 1, 1.0, TrackMasks::from_rles(rle.h, rle.w, vec![Some(rle.clone())]))
+                    Track::new(
+                        v,
+                        1,
+                        1.0,
+                        TrackMasks::from_rles(rle.h, rle.w, vec![Some(rle.clone())]),
+                    )
                 })
             })
             .collect();
@@ -112,11 +117,24 @@ impl HeldOut {
             let (w, h) = (image.width, image.height);
             for q in 0..queries {
                 let score = f64::from((object[q] * ious[q]).max(0.0)).sqrt();
-                let rows: Vec<bool> = logits[q * w * h..(q + 1) * w * h].iter().map(|&l| l > 0.0).collect();
+                let rows: Vec<bool> = logits[q * w * h..(q + 1) * w * h]
+                    .iter()
+                    .map(|&l| l > 0.0)
+                    .collect();
                 let rle = rle_of_rows(&rows, w, h);
-                detections.push(Track::new(v, 1, score, TrackMasks::from_rles(h as u32, w as u32, vec![Some(rle)])));
+                detections.push(Track::new(
+                    v,
+                    1,
+                    score,
+                    TrackMasks::from_rles(h as u32, w as u32, vec![Some(rle)]),
+                ));
             }
         }
-        Ok(evaluate(&ground_truth, &detections, &Protocol::Ytvis { novel: Vec::new() }).all)
+        Ok(evaluate(
+            &ground_truth,
+            &detections,
+            &Protocol::Ytvis { novel: Vec::new() },
+        )
+        .all)
     }
 }

@@ -17,7 +17,10 @@ use common::{close, tensor};
 
 type A = Autodiff<Flex>;
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/optimizer_steps.safetensors");
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/optimizer_steps.safetensors"
+);
 const WEIGHTS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../clip-vis-model/tests/fixtures/clip_vis_small.safetensors"
@@ -30,7 +33,8 @@ impl ModuleVisitor<A> for Gradients {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
         let p = param.val().inner();
         let g = p.clone().mul_scalar(0.3) + p.mul_scalar(7.0).sin().mul_scalar(0.05);
-        self.0.register::<<A as AutodiffBackend>::InnerBackend, D>(param.id, g);
+        self.0
+            .register::<<A as AutodiffBackend>::InnerBackend, D>(param.id, g);
     }
 }
 
@@ -78,11 +82,19 @@ fn three_updates_equal_torch_adamw() {
     let (norms, _) = tensor(&st, "norms").unwrap();
     for t in 0..config["updates"].as_u64().unwrap() as usize {
         let lr = base_lr * schedule.multiplier(t);
-        assert!((lr - f64::from(lrs[t])).abs() < 1e-6 * base_lr, "step {t}: lr {lr} vs {}", lrs[t]);
+        assert!(
+            (lr - f64::from(lrs[t])).abs() < 1e-6 * base_lr,
+            "step {t}: lr {lr} vs {}",
+            lrs[t]
+        );
         let mut grads = Gradients(GradientsParams::new());
         head.visit(&mut grads);
         let (next, norm) = optimizer.step(lr, head, grads.0);
-        assert!((norm - f64::from(norms[t])).abs() < 1e-4 * f64::from(norms[t]), "step {t}: norm {norm} vs {}", norms[t]);
+        assert!(
+            (norm - f64::from(norms[t])).abs() < 1e-4 * f64::from(norms[t]),
+            "step {t}: norm {norm} vs {}",
+            norms[t]
+        );
         head = next;
     }
     let mut sink = TensorSink::new();
@@ -92,4 +104,3 @@ fn three_updates_equal_torch_adamw() {
         close(key, &saved.values, &want, 1e-5);
     }
 }
-

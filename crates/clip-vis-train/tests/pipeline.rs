@@ -9,7 +9,9 @@ use burn::backend::{Autodiff, Flex};
 use clip_vis_clip::TensorSink;
 use clip_vis_model::ClipVisConfig;
 use clip_vis_train::augment::Augmentation;
-use clip_vis_train::data::{BadRecords, InstanceDataset, InstanceOptions, TrainSource, VideoDataset};
+use clip_vis_train::data::{
+    BadRecords, InstanceDataset, InstanceOptions, TrainSource, VideoDataset,
+};
 use clip_vis_train::distributed::{train_data_parallel, DataParallel};
 use clip_vis_train::loader::{Loader, LoaderConfig};
 use clip_vis_train::optim::{OptimizerConfig, ScheduleConfig};
@@ -122,7 +124,10 @@ fn interrupted_and_resumed_run_ends_with_identical_weights() {
     let mut changed = 0;
     for ((key, ta), tb) in wa.tensors().iter().zip(wb.tensors().values()) {
         assert!(
-            ta.values.iter().zip(&tb.values).all(|(x, y)| x.to_bits() == y.to_bits()),
+            ta.values
+                .iter()
+                .zip(&tb.values)
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
             "{key}: the resumed run differs"
         );
         changed += usize::from(ta.values.iter().any(|v| *v != 0.0));
@@ -146,7 +151,9 @@ struct SamePoints(u64);
 
 impl PointSource for SamePoints {
     fn uniform(&mut self, n: usize, count: usize) -> Vec<f32> {
-        SeededPoints::new(self.0 ^ (count as u64) << 8).uniform(1, count).repeat(n)
+        SeededPoints::new(self.0 ^ (count as u64) << 8)
+            .uniform(1, count)
+            .repeat(n)
     }
 }
 
@@ -160,7 +167,9 @@ fn rectangles(dir: &Path) -> PathBuf {
     ];
     for (i, pair) in boxes.iter().enumerate() {
         let mut rng = Rng::new(i as u64);
-        let pixels: Vec<u8> = (0..64 * 64 * 3).map(|_| (rng.below(40) + 100) as u8).collect();
+        let pixels: Vec<u8> = (0..64 * 64 * 3)
+            .map(|_| (rng.below(40) + 100) as u8)
+            .collect();
         let mut picture = image::RgbImage::from_raw(64, 64, pixels).unwrap();
         for (k, b) in pair.iter().enumerate() {
             for y in b[1] as u32..b[3] as u32 {
@@ -230,13 +239,19 @@ fn two_data_parallel_workers_equal_one_worker_on_the_combined_batch() {
     let initial = clip_vis_train::init::initial_decoders(&ClipVisConfig::tiny(), 1).unwrap();
     let mut compared = 0;
     for (key, expected) in head_tensors(&one).tensors() {
-        let got = &two.raw(key).unwrap_or_else(|| panic!("{key} missing")).values;
+        let got = &two
+            .raw(key)
+            .unwrap_or_else(|| panic!("{key} missing"))
+            .values;
         let start = &initial.raw(key).unwrap().values;
         let update = |w: &[f32]| -> Vec<f32> { w.iter().zip(start).map(|(a, b)| a - b).collect() };
         let (two_workers, one_worker) = (update(got), update(&expected.values));
         let scale = one_worker.iter().fold(1e-9f32, |m, v| m.max(v.abs()));
         for (i, (a, b)) in two_workers.iter().zip(&one_worker).enumerate() {
-            assert!((a - b).abs() <= 1e-3 * scale, "{key}[{i}]: update {a} (2 workers) vs {b} (1 worker)");
+            assert!(
+                (a - b).abs() <= 1e-3 * scale,
+                "{key}[{i}]: update {a} (2 workers) vs {b} (1 worker)"
+            );
         }
         compared += 1;
     }
@@ -257,8 +272,17 @@ fn batches_do_not_depend_on_the_number_of_loader_threads() {
             workers,
             ..LoaderConfig::default()
         };
-        let mut loader = Loader::new(source.clone(), sampler.clone(), Augmentation::lsj(64), config, start).unwrap();
-        (0..3).map(|_| loader.next_batch().unwrap()).collect::<Vec<_>>()
+        let mut loader = Loader::new(
+            source.clone(),
+            sampler.clone(),
+            Augmentation::lsj(64),
+            config,
+            start,
+        )
+        .unwrap();
+        (0..3)
+            .map(|_| loader.next_batch().unwrap())
+            .collect::<Vec<_>>()
     };
     let serial = batches(0, 0);
     assert_eq!(serial, batches(3, 0));
@@ -284,34 +308,83 @@ fn bad_records_are_errors_or_counted_skips() {
     let good = serde_json::json!({"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 8, 1, 8, 8]]});
     let open = |annotations: serde_json::Value, bad: BadRecords| {
         let json = dir.join("d.json");
-        write_json(&json, serde_json::json!({"images": [image], "annotations": annotations, "categories": [{"id": 1, "name": "a", "frequency": "r"}]}));
-        InstanceDataset::open(&json, &dir, InstanceOptions { norare: false, bad_records: bad })
+        write_json(
+            &json,
+            serde_json::json!({"images": [image], "annotations": annotations, "categories": [{"id": 1, "name": "a", "frequency": "r"}]}),
+        );
+        InstanceDataset::open(
+            &json,
+            &dir,
+            InstanceOptions {
+                norare: false,
+                bad_records: bad,
+            },
+        )
     };
     // A polygon of two points.
     let short = serde_json::json!([good, {"id": 2, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 5, 5]]}]);
-    let error = open(short.clone(), BadRecords::Error).unwrap_err().to_string();
-    assert!(error.contains("annotation 2") && error.contains("3 points"), "{error}");
-    let skipped = open(short, BadRecords::Skip).unwrap();
-    assert_eq!((skipped.report().bad_polygons, skipped.report().instances), (1, 1));
-    // A category the file does not list.
-    let unknown = serde_json::json!([good, {"id": 3, "image_id": 1, "category_id": 9, "segmentation": [[1, 1, 8, 1, 8, 8]]}]);
-    let error = open(unknown.clone(), BadRecords::Error).unwrap_err().to_string();
-    assert!(error.contains("annotation 3") && error.contains("category 9"), "{error}");
-    assert_eq!(open(unknown, BadRecords::Skip).unwrap().report().unknown_categories, 1);
-    // Nothing to train on.
-    let error = open(serde_json::json!([]), BadRecords::Skip).unwrap_err().to_string();
-    assert!(error.contains("no picture with a usable instance"), "{error}");
-    // norare drops the rare category's annotations, and then nothing is left.
-    let json = dir.join("d.json");
-    write_json(&json, serde_json::json!({"images": [image], "annotations": [good], "categories": [{"id": 1, "name": "a", "frequency": "r"}]}));
-    let error = InstanceDataset::open(&json, &dir, InstanceOptions { norare: true, bad_records: BadRecords::Error })
+    let error = open(short.clone(), BadRecords::Error)
         .unwrap_err()
         .to_string();
+    assert!(
+        error.contains("annotation 2") && error.contains("3 points"),
+        "{error}"
+    );
+    let skipped = open(short, BadRecords::Skip).unwrap();
+    assert_eq!(
+        (skipped.report().bad_polygons, skipped.report().instances),
+        (1, 1)
+    );
+    // A category the file does not list.
+    let unknown = serde_json::json!([good, {"id": 3, "image_id": 1, "category_id": 9, "segmentation": [[1, 1, 8, 1, 8, 8]]}]);
+    let error = open(unknown.clone(), BadRecords::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("annotation 3") && error.contains("category 9"),
+        "{error}"
+    );
+    assert_eq!(
+        open(unknown, BadRecords::Skip)
+            .unwrap()
+            .report()
+            .unknown_categories,
+        1
+    );
+    // Nothing to train on.
+    let error = open(serde_json::json!([]), BadRecords::Skip)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("no picture with a usable instance"),
+        "{error}"
+    );
+    // norare drops the rare category's annotations, and then nothing is left.
+    let json = dir.join("d.json");
+    write_json(
+        &json,
+        serde_json::json!({"images": [image], "annotations": [good], "categories": [{"id": 1, "name": "a", "frequency": "r"}]}),
+    );
+    let error = InstanceDataset::open(
+        &json,
+        &dir,
+        InstanceOptions {
+            norare: true,
+            bad_records: BadRecords::Error,
+        },
+    )
+    .unwrap_err()
+    .to_string();
     assert!(error.contains("1 rare"), "{error}");
     // A file that is not json.
     std::fs::write(&json, "{\"images\": [").unwrap();
-    let error = InstanceDataset::open(&json, &dir, InstanceOptions::default()).unwrap_err().to_string();
-    assert!(error.contains("d.json") && error.contains("not a COCO/LVIS instance json"), "{error}");
+    let error = InstanceDataset::open(&json, &dir, InstanceOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("d.json") && error.contains("not a COCO/LVIS instance json"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -321,17 +394,36 @@ fn unreadable_pictures_are_errors_naming_the_file_or_counted_skips() {
     std::fs::write(dir.join("broken.png"), b"not a png").unwrap();
     let annotation = |id: u64, image: u64| serde_json::json!({"id": id, "image_id": image, "category_id": 1, "segmentation": [[1, 1, 8, 1, 8, 8]]});
     for (name, entry) in [
-        ("missing.png", serde_json::json!({"id": 2, "file_name": "missing.png", "width": 16, "height": 12})),
-        ("broken.png", serde_json::json!({"id": 2, "file_name": "broken.png", "width": 16, "height": 12})),
-        ("a.png", serde_json::json!({"id": 2, "file_name": "a.png", "width": 20, "height": 12})),
+        (
+            "missing.png",
+            serde_json::json!({"id": 2, "file_name": "missing.png", "width": 16, "height": 12}),
+        ),
+        (
+            "broken.png",
+            serde_json::json!({"id": 2, "file_name": "broken.png", "width": 16, "height": 12}),
+        ),
+        (
+            "a.png",
+            serde_json::json!({"id": 2, "file_name": "a.png", "width": 20, "height": 12}),
+        ),
     ] {
         let json = dir.join("d.json");
-        write_json(&json, serde_json::json!({"images": [good, entry], "annotations": [annotation(1, 1), annotation(2, 2)], "categories": [{"id": 1, "name": "a"}]}));
+        write_json(
+            &json,
+            serde_json::json!({"images": [good, entry], "annotations": [annotation(1, 1), annotation(2, 2)], "categories": [{"id": 1, "name": "a"}]}),
+        );
         let load = |bad: BadRecords| {
-            let source: Arc<dyn TrainSource> = Arc::new(InstanceDataset::open(&json, &dir, InstanceOptions::default()).unwrap());
+            let source: Arc<dyn TrainSource> =
+                Arc::new(InstanceDataset::open(&json, &dir, InstanceOptions::default()).unwrap());
             let sampler = Arc::new(Sampler::new(SamplerKind::Uniform, source.as_ref(), 0));
-            let config = LoaderConfig { batch_size: 2, workers: 1, bad_images: bad, ..LoaderConfig::default() };
-            let mut loader = Loader::new(source, sampler, Augmentation::lsj(32), config, 0).unwrap();
+            let config = LoaderConfig {
+                batch_size: 2,
+                workers: 1,
+                bad_images: bad,
+                ..LoaderConfig::default()
+            };
+            let mut loader =
+                Loader::new(source, sampler, Augmentation::lsj(32), config, 0).unwrap();
             loader.next_batch()
         };
         let error = load(BadRecords::Error).unwrap_err().to_string();
@@ -344,7 +436,11 @@ fn unreadable_pictures_are_errors_naming_the_file_or_counted_skips() {
 #[test]
 fn video_frames_are_drawn_with_their_instances() {
     let dir = scratch("videos");
-    let config = SynthConfig { min_objects: 2, max_objects: 3, ..small_synth() };
+    let config = SynthConfig {
+        min_objects: 2,
+        max_objects: 3,
+        ..small_synth()
+    };
     let json = write_ytvis(&dir, &config, 0, 2, 8).unwrap();
     let videos = VideoDataset::open(&json, &dir.join("JPEGImages"), BadRecords::Error).unwrap();
     assert_eq!(videos.len(), 2);
@@ -352,8 +448,19 @@ fn video_frames_are_drawn_with_their_instances() {
     for draw in 0..10 {
         let mut rng = Rng::new(draw);
         let record = videos.pick(0, &mut rng);
-        let frame: usize = record.file.file_stem().unwrap().to_str().unwrap().parse().unwrap();
-        let present = expected.tracks.iter().filter(|t| t.masks[frame].is_some()).count();
+        let frame: usize = record
+            .file
+            .file_stem()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let present = expected
+            .tracks
+            .iter()
+            .filter(|t| t.masks[frame].is_some())
+            .count();
         assert_eq!(record.instances.len(), present, "frame {frame}");
     }
     // The video augmentation keeps the picture's aspect and the masks' alignment.
@@ -363,4 +470,3 @@ fn video_frames_are_drawn_with_their_instances() {
     assert_eq!((out.image.height, out.image.width), (800, 1067));
     assert!(out.masks.iter().all(|m| m.len() == 800 * 1067));
 }
-

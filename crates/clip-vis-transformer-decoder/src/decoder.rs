@@ -193,9 +193,7 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
                 .cross_attention
                 .save(sink, &format!("{cross}.multihead_attn"));
             layer.cross_norm.save(sink, &format!("{cross}.norm"));
-            layer
-                .self_attention
-                .save(sink, &format!("{own}.self_attn"));
+            layer.self_attention.save(sink, &format!("{own}.self_attn"));
             layer.self_norm.save(sink, &format!("{own}.norm"));
             save_linear(sink, &format!("{ffn}.linear1"), &layer.linear1);
             save_linear(sink, &format!("{ffn}.linear2"), &layer.linear2);

@@ -11,9 +11,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
-use hotcoco::Segmentation;
-
-use super::{usable_polygons, BadRecords, DatasetReport, ImageRecord, InstanceMask, TrainSource};
+use super::{instance_mask, BadRecords, DatasetReport, ImageRecord, TrainSource};
 use crate::rng::Rng;
 use crate::{Result, TrainError};
 
@@ -43,7 +41,11 @@ fn dataset_error(json: &Path, message: String) -> TrainError {
 }
 
 /// The picture file of `image` under `images`.
-fn image_file(images: &Path, image: &hotcoco::Image, split_dirs: &mut Vec<(String, bool)>) -> Option<PathBuf> {
+fn image_file(
+    images: &Path,
+    image: &hotcoco::Image,
+    split_dirs: &mut Vec<(String, bool)>,
+) -> Option<PathBuf> {
     if !image.file_name.is_empty() {
         return Some(images.join(&image.file_name));
     }
@@ -87,7 +89,10 @@ impl InstanceDataset {
         let mut by_image: std::collections::HashMap<u64, Vec<&hotcoco::Annotation>> =
             std::collections::HashMap::new();
         for annotation in &dataset.annotations {
-            by_image.entry(annotation.image_id).or_default().push(annotation);
+            by_image
+                .entry(annotation.image_id)
+                .or_default()
+                .push(annotation);
         }
         let image_ids: HashSet<u64> = dataset.images.iter().map(|i| i.id).collect();
         if let Some(orphan) = dataset
@@ -117,7 +122,11 @@ impl InstanceDataset {
             };
             let mut instances = Vec::new();
             let mut classes = BTreeSet::new();
-            for annotation in by_image.get(&image.id).map(Vec::as_slice).unwrap_or_default() {
+            for annotation in by_image
+                .get(&image.id)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
                 let what = || format!("annotation {} (image {})", annotation.id, image.id);
                 if annotation.iscrowd {
                     report.crowd += 1;
@@ -141,63 +150,15 @@ impl InstanceDataset {
                     report.rare += 1;
                     continue;
                 }
-                let mask = match &annotation.segmentation {
-                    Some(Segmentation::Polygon(polygons)) => {
-                        let (kept, bad) = usable_polygons(polygons);
-                        if !bad.is_empty() && !skip {
-                            let n = polygons[bad[0]].len();
-                            return Err(dataset_error(
-                                json,
-                                format!(
-                                    "{}: polygon {} has {n} coordinates; a polygon needs an even count of at least 6 (3 points)",
-                                    what(),
-                                    bad[0]
-                                ),
-                            ));
-                        }
-                        report.bad_polygons += bad.len();
-                        if kept.is_empty() {
-                            continue;
-                        }
-                        InstanceMask::Polygons(kept)
-                    }
-                    Some(segmentation @ (Segmentation::CompressedRle { size, .. }
-                    | Segmentation::UncompressedRle { size, .. })) => {
-                        let rle = (*size == [image.height, image.width])
-                            .then(|| segmentation.to_rle(image.height, image.width).ok())
-                            .flatten();
-                        match rle {
-                            Some(rle) => InstanceMask::Rle(rle),
-                            None if skip => {
-                                report.bad_masks += 1;
-                                continue;
-                            }
-                            None => {
-                                return Err(dataset_error(
-                                    json,
-                                    format!(
-                                        "{}: the RLE is {}x{} or corrupt, the image is {}x{}",
-                                        what(),
-                                        size[0],
-                                        size[1],
-                                        image.height,
-                                        image.width
-                                    ),
-                                ))
-                            }
-                        }
-                    }
-                    _ if skip => {
-                        report.bad_masks += 1;
-                        continue;
-                    }
-                    _ => {
-                        return Err(dataset_error(
-                            json,
-                            format!("{}: no polygon or RLE segmentation", what()),
-                        ))
-                    }
-                };
+                let mask = instance_mask(
+                    annotation.segmentation.as_ref(),
+                    image.height,
+                    image.width,
+                    skip,
+                    &mut report,
+                )
+                .map_err(|message| dataset_error(json, format!("{}: {message}", what())))?;
+                let Some(mask) = mask else { continue };
                 classes.insert(annotation.category_id);
                 instances.push(mask);
             }

@@ -23,8 +23,8 @@ pub fn read_image(path: &Path) -> Result<RgbImage> {
         .into_decoder()
         .map_err(|e| image_error(format!("cannot decode image: {e}")))?;
     let orientation = decoder.orientation().ok();
-    let mut decoded =
-        DynamicImage::from_decoder(decoder).map_err(|e| image_error(format!("cannot decode image: {e}")))?;
+    let mut decoded = DynamicImage::from_decoder(decoder)
+        .map_err(|e| image_error(format!("cannot decode image: {e}")))?;
     if let Some(orientation) = orientation {
         decoded.apply_orientation(orientation);
     }

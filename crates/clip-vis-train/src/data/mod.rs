@@ -102,17 +102,59 @@ pub trait TrainSource: Send + Sync {
     fn report(&self) -> &DatasetReport;
 }
 
-/// Checks one polygon list: even coordinate counts of at least 6 (3 points), finite values.
-/// Returns the usable polygons and how many were not.
-pub(crate) fn usable_polygons(polygons: &[Vec<f64>]) -> (Vec<Vec<f64>>, Vec<usize>) {
-    let mut kept = Vec::with_capacity(polygons.len());
-    let mut bad = Vec::new();
-    for (i, polygon) in polygons.iter().enumerate() {
-        if polygon.len() >= 6 && polygon.len() % 2 == 0 && polygon.iter().all(|v| v.is_finite()) {
-            kept.push(polygon.clone());
-        } else {
-            bad.push(i);
+/// One annotation's mask in a `height` x `width` picture (or frame), checked: polygons need an
+/// even coordinate count of at least 6 (3 points) and finite values, an RLE must have the
+/// picture's size and decode. `Ok(None)`: unusable and skipped (`skip`), counted in `report`;
+/// `Err`: what is wrong, for the caller to prefix with the annotation it came from.
+pub(crate) fn instance_mask(
+    segmentation: Option<&hotcoco::Segmentation>,
+    height: u32,
+    width: u32,
+    skip: bool,
+    report: &mut DatasetReport,
+) -> std::result::Result<Option<InstanceMask>, String> {
+    use hotcoco::Segmentation;
+    match segmentation {
+        Some(Segmentation::Polygon(polygons)) => {
+            let usable = |p: &Vec<f64>| {
+                p.len() >= 6 && p.len().is_multiple_of(2) && p.iter().all(|v| v.is_finite())
+            };
+            let bad: Vec<usize> = (0..polygons.len())
+                .filter(|&i| !usable(&polygons[i]))
+                .collect();
+            if let (Some(&first), false) = (bad.first(), skip) {
+                return Err(format!(
+                    "polygon {first} has {} coordinates; a polygon needs an even count of at least 6 (3 points), all finite",
+                    polygons[first].len()
+                ));
+            }
+            report.bad_polygons += bad.len();
+            let kept: Vec<Vec<f64>> = polygons.iter().filter(|p| usable(p)).cloned().collect();
+            Ok((!kept.is_empty()).then_some(InstanceMask::Polygons(kept)))
         }
+        Some(
+            segmentation @ (Segmentation::CompressedRle { size, .. }
+            | Segmentation::UncompressedRle { size, .. }),
+        ) => {
+            let rle = (*size == [height, width])
+                .then(|| segmentation.to_rle(height, width).ok())
+                .flatten();
+            match rle {
+                Some(rle) => Ok(Some(InstanceMask::Rle(rle))),
+                None if skip => {
+                    report.bad_masks += 1;
+                    Ok(None)
+                }
+                None => Err(format!(
+                    "the RLE is {}x{} or corrupt, the picture is {height}x{width}",
+                    size[0], size[1]
+                )),
+            }
+        }
+        _ if skip => {
+            report.bad_masks += 1;
+            Ok(None)
+        }
+        _ => Err("no polygon or RLE segmentation".into()),
     }
-    (kept, bad)
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use hotcoco::Segmentation;
 use serde::Deserialize;
 
-use super::{usable_polygons, BadRecords, DatasetReport, ImageRecord, InstanceMask, TrainSource};
+use super::{instance_mask, BadRecords, DatasetReport, ImageRecord, InstanceMask, TrainSource};
 use crate::rng::Rng;
 use crate::{Result, TrainError};
 
@@ -101,13 +101,20 @@ impl VideoDataset {
                 VideoRecord {
                     width: video.width,
                     height: video.height,
-                    frames: video.file_names.iter().map(|f| frames_root.join(f)).collect(),
+                    frames: video
+                        .file_names
+                        .iter()
+                        .map(|f| frames_root.join(f))
+                        .collect(),
                     instances: vec![Vec::new(); video.file_names.len()],
                 }
             })
             .collect();
         if let Some(v) = videos.iter().position(|v| v.frames.is_empty()) {
-            return Err(error(format!("video {} has no frames", raw.videos[order[v]].id)));
+            return Err(error(format!(
+                "video {} has no frames",
+                raw.videos[order[v]].id
+            )));
         }
         let mut categories = vec![BTreeSet::new(); videos.len()];
         for (a, annotation) in raw.annotations.iter().enumerate() {
@@ -146,54 +153,18 @@ impl VideoDataset {
             }
             let mut present = false;
             for (f, segmentation) in annotation.segmentations.iter().enumerate() {
-                let mask = match segmentation {
-                    None => continue,
-                    Some(Segmentation::Polygon(polygons)) => {
-                        let (kept, bad) = usable_polygons(polygons);
-                        if !bad.is_empty() && !skip {
-                            return Err(error(format!(
-                                "{what}, frame {f}: polygon {} has {} coordinates; a polygon needs an even count of at least 6 (3 points)",
-                                bad[0],
-                                polygons[bad[0]].len()
-                            )));
-                        }
-                        report.bad_polygons += bad.len();
-                        if kept.is_empty() {
-                            continue;
-                        }
-                        InstanceMask::Polygons(kept)
-                    }
-                    Some(
-                        segmentation @ (Segmentation::CompressedRle { size, .. }
-                        | Segmentation::UncompressedRle { size, .. }),
-                    ) => {
-                        let rle = (*size == [video.height, video.width])
-                            .then(|| segmentation.to_rle(video.height, video.width).ok())
-                            .flatten();
-                        match rle {
-                            Some(rle) => InstanceMask::Rle(rle),
-                            None if skip => {
-                                report.bad_masks += 1;
-                                continue;
-                            }
-                            None => {
-                                return Err(error(format!(
-                                    "{what}, frame {f}: the RLE is {}x{} or corrupt, the video is {}x{}",
-                                    size[0], size[1], video.height, video.width
-                                )))
-                            }
-                        }
-                    }
-                    Some(_) if skip => {
-                        report.bad_masks += 1;
-                        continue;
-                    }
-                    Some(_) => {
-                        return Err(error(format!(
-                            "{what}, frame {f}: not a polygon or RLE segmentation"
-                        )))
-                    }
-                };
+                if segmentation.is_none() {
+                    continue; // not in this frame
+                }
+                let mask = instance_mask(
+                    segmentation.as_ref(),
+                    video.height,
+                    video.width,
+                    skip,
+                    &mut report,
+                )
+                .map_err(|message| error(format!("{what}, frame {f}: {message}")))?;
+                let Some(mask) = mask else { continue };
                 video.instances[f].push(mask);
                 report.instances += 1;
                 present = true;
