@@ -181,26 +181,7 @@ impl MaskResizer {
 /// COCO RLE of `values > 0` for a row-major `[h, w]` map: runs in column-major order,
 /// starting with a (possibly empty) run of zeros.
 pub fn rle_column_major(values: &[f32], h: usize, w: usize) -> Rle {
-    let mut counts = Vec::new();
-    let mut current = false;
-    let mut run = 0u32;
-    for x in 0..w {
-        for y in 0..h {
-            let on = values[y * w + x] > 0.0;
-            if on != current {
-                counts.push(run);
-                run = 0;
-                current = on;
-            }
-            run += 1;
-        }
-    }
-    counts.push(run);
-    Rle {
-        h: h as u32,
-        w: w as u32,
-        counts,
-    }
+    clip_vis_eval::track::rle_from_row_major(h, w, |i| values[i] > 0.0)
 }
 
 #[cfg(test)]

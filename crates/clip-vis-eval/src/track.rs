@@ -3,6 +3,31 @@
 
 use hotcoco::Rle;
 
+/// COCO RLE of an `h` x `w` mask given in row-major order by `on(y * w + x)`: runs in
+/// column-major order, starting with a (possibly empty) run of zeros. Encodes straight from
+/// the row-major source, without a transposed copy.
+pub fn rle_from_row_major(h: usize, w: usize, on: impl Fn(usize) -> bool) -> Rle {
+    let mut counts = Vec::new();
+    let mut current = false;
+    let mut run = 0u32;
+    for x in 0..w {
+        for y in 0..h {
+            if on(y * w + x) != current {
+                counts.push(run);
+                run = 0;
+                current = !current;
+            }
+            run += 1;
+        }
+    }
+    counts.push(run);
+    Rle {
+        h: h as u32,
+        w: w as u32,
+        counts,
+    }
+}
+
 /// One track's per-frame masks (`None` where the track has no mask in that frame).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrackMasks {
@@ -107,6 +132,34 @@ mod tests {
 
     fn encode(mask: &[u8], h: u32, w: u32) -> Vec<u32> {
         hotcoco::mask::encode(mask, h, w).unwrap().counts
+    }
+
+    #[test]
+    fn row_major_encoding_equals_hotcoco_on_the_transposed_mask() {
+        let (h, w) = (7usize, 5usize);
+        for seed in 0..20u64 {
+            // A pseudo-random row-major mask; seed 0 is all zeros, seed 19 all ones.
+            let row_major: Vec<bool> = (0..h * w)
+                .map(|i| match seed {
+                    0 => false,
+                    19 => true,
+                    _ => (i as u64 * 2654435761 + seed * 40503) % 7 < 3,
+                })
+                .collect();
+            let mut column_major = vec![0u8; h * w];
+            for y in 0..h {
+                for x in 0..w {
+                    column_major[x * h + y] = u8::from(row_major[y * w + x]);
+                }
+            }
+            let rle = rle_from_row_major(h, w, |i| row_major[i]);
+            assert_eq!((rle.h, rle.w), (h as u32, w as u32));
+            assert_eq!(
+                rle.counts,
+                encode(&column_major, h as u32, w as u32),
+                "seed {seed}"
+            );
+        }
     }
 
     #[test]

@@ -91,7 +91,8 @@ pub struct Criterion {
     pub config: CriterionConfig,
 }
 
-fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+/// The values of `t` on the host as f32 (after `convert`, reading them cannot fail).
+pub(crate) fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
         .into_vec::<f32>()

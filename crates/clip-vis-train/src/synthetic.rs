@@ -431,13 +431,7 @@ pub fn render_video(config: &SynthConfig, index: usize, frames: usize) -> Result
 /// COCO run-length encoding (`{"size": [h, w], "counts": "<string>"}`), area and `[x, y, w, h]`
 /// box of a row-major mask.
 fn encode(mask: &[bool], width: usize, height: usize) -> (Value, u64, [f64; 4]) {
-    let mut column_major = vec![0u8; width * height];
-    for y in 0..height {
-        for x in 0..width {
-            column_major[x * height + y] = u8::from(mask[y * width + x]);
-        }
-    }
-    let rle = mask::encode(&column_major, height as u32, width as u32).expect("sizes agree");
+    let rle = clip_vis_eval::track::rle_from_row_major(height, width, |i| mask[i]);
     let value = json!({"size": [height, width], "counts": mask::rle_to_string(&rle)});
     (value, mask::area(&rle), mask::to_bbox(&rle))
 }

@@ -29,7 +29,7 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use clip_vis_clip::model::CLIP_VIS_PREFIX;
 use clip_vis_clip::weights::{write_atomically, SaveDtype, SyntheticFill};
 use clip_vis_clip::{Clip, TensorSink, TensorStore};
@@ -522,97 +522,23 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// One step on `batch` (which must be this iteration's).
-    pub fn step(&mut self, batch: &Batch) -> Result<StepReport> {
+    pub fn step(&mut self, batch: Batch) -> Result<StepReport> {
         let started = Instant::now();
-        let device = &self.device;
-        let (h, w) = (batch.height, batch.width);
-        let images = batch.masks.len();
-        let pixels = Tensor::<B::InnerBackend, 4>::from_data(
-            TensorData::new(batch.pixels.clone(), [images, 3, h, w]),
-            device,
-        );
-        let targets = Targets {
-            masks: batch
-                .masks
-                .iter()
-                .map(|(n, m)| {
-                    Tensor::<B, 3>::from_data(TensorData::new(m.clone(), [*n, h, w]), device)
-                })
-                .collect(),
-        };
         let local_masks: usize = batch.masks.iter().map(|m| m.0).sum();
-        let num_masks = match &self.peer {
-            None => local_masks as f64,
-            Some(peer) => {
-                peer.all_reduce_sum::<B::InnerBackend>(&[local_masks as f32], device)?[0] as f64
-                    / peer.world_size as f64
-            }
-        };
-        let mut points = (self.points)(self.iteration, self.rank());
+        let skipped = batch.skipped;
         let head = self.head.take().expect("the head is present between steps");
-        let terms = frozen_features::<B>(&self.clip, pixels).and_then(|features| {
-            head.losses_normalized(
-                features,
-                &targets,
-                &self.criterion,
-                num_masks,
-                points.as_mut(),
-            )
-        });
-        let terms = match terms {
-            Ok(terms) => terms,
+        // Whatever fails, the head goes back in place, so the trainer stays usable.
+        let (logged, grads) = match self.losses_and_gradients(&head, batch, local_masks) {
+            Ok(done) => done,
             Err(e) => {
                 self.head = Some(head);
                 return Err(e);
             }
         };
-        let last = &terms.outputs[0];
-        let scalar = |t: &Tensor<B, 1>| t.clone().into_scalar().elem::<f64>();
-        let mut logged = [
-            scalar(&terms.total),
-            scalar(&last.object_ce),
-            scalar(&last.mask),
-            scalar(&last.dice),
-            scalar(&last.iou),
-        ];
-        if let Some(peer) = &self.peer {
-            // The mean over ranks is logged; and a diverged rank stops every rank together.
-            let values: Vec<f32> = logged.iter().map(|&v| v as f32).collect();
-            match peer.all_reduce_sum::<B::InnerBackend>(&values, device) {
-                Ok(sums) => {
-                    for (slot, v) in logged.iter_mut().zip(sums) {
-                        *slot = f64::from(v) / peer.world_size as f64;
-                    }
-                }
-                Err(e) => {
-                    self.head = Some(head);
-                    return Err(e);
-                }
-            }
-        }
-        if !logged[0].is_finite() {
-            self.head = Some(head);
-            return Err(TrainError::NonFiniteLoss {
-                iteration: self.iteration,
-                value: logged[0],
-            });
-        }
-        let gradients = terms.total.backward();
-        let mut grads = GradientsParams::from_grads(gradients, &head);
-        if let Some(peer) = &self.peer {
-            crate::distributed::fill_missing_gradients(&head, &mut grads);
-            grads = match peer.all_reduce_gradients::<B>(grads) {
-                Ok(grads) => grads,
-                Err(e) => {
-                    self.head = Some(head);
-                    return Err(e);
-                }
-            };
-        }
         let lr = self.config.optimizer.lr * self.config.schedule.multiplier(self.iteration);
         let (head, grad_norm) = self.optimizer.step(lr, head, grads);
         self.head = Some(head);
-        self.skipped += batch.skipped;
+        self.skipped += skipped;
         let report = StepReport {
             iteration: self.iteration + 1,
             lr,
@@ -625,10 +551,84 @@ impl<B: AutodiffBackend> Trainer<B> {
             num_masks: local_masks,
             data_time: 0.0,
             step_time: started.elapsed().as_secs_f64(),
-            skipped: batch.skipped,
+            skipped,
         };
         self.iteration += 1;
         Ok(report)
+    }
+
+    /// The losses of `batch` (total and the last output's four terms, averaged over the ranks)
+    /// and the gradients of `head` (all-reduced over the ranks).
+    fn losses_and_gradients(
+        &self,
+        head: &TrainableHead<B>,
+        batch: Batch,
+        local_masks: usize,
+    ) -> Result<([f64; 5], GradientsParams)> {
+        let device = &self.device;
+        let (h, w) = (batch.height, batch.width);
+        let images = batch.masks.len();
+        let pixels = Tensor::<B::InnerBackend, 4>::from_data(
+            TensorData::new(batch.pixels, [images, 3, h, w]),
+            device,
+        );
+        let targets = Targets {
+            masks: batch
+                .masks
+                .into_iter()
+                .map(|(n, m)| Tensor::<B, 3>::from_data(TensorData::new(m, [n, h, w]), device))
+                .collect(),
+        };
+        let num_masks = match &self.peer {
+            None => local_masks as f64,
+            Some(peer) => {
+                peer.all_reduce_sum::<B::InnerBackend>(&[local_masks as f32], device)?[0] as f64
+                    / peer.world_size as f64
+            }
+        };
+        let mut points = (self.points)(self.iteration, self.rank());
+        let features = frozen_features::<B>(&self.clip, pixels)?;
+        let terms = head.losses_normalized(
+            features,
+            &targets,
+            &self.criterion,
+            num_masks,
+            points.as_mut(),
+        )?;
+        let last = &terms.outputs[0];
+        // One device-to-host read for the five logged numbers.
+        let values = crate::criterion::to_vec(Tensor::cat(
+            vec![
+                terms.total.clone(),
+                last.object_ce.clone(),
+                last.mask.clone(),
+                last.dice.clone(),
+                last.iou.clone(),
+            ],
+            0,
+        ));
+        let values = match &self.peer {
+            // The mean over ranks is logged; and a diverged rank stops every rank together.
+            Some(peer) => peer
+                .all_reduce_sum::<B::InnerBackend>(&values, device)?
+                .into_iter()
+                .map(|v| v / peer.world_size as f32)
+                .collect(),
+            None => values,
+        };
+        let logged: [f64; 5] = std::array::from_fn(|i| f64::from(values[i]));
+        if !logged[0].is_finite() {
+            return Err(TrainError::NonFiniteLoss {
+                iteration: self.iteration,
+                value: logged[0],
+            });
+        }
+        let mut grads = GradientsParams::from_grads(terms.total.backward(), head);
+        if let Some(peer) = &self.peer {
+            crate::distributed::fill_missing_gradients(head, &mut grads);
+            grads = peer.all_reduce_gradients::<B>(grads)?;
+        }
+        Ok((logged, grads))
     }
 
     /// Runs to the schedule's `max_iter`, then writes `model_final.safetensors`.
@@ -658,7 +658,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             let waited = Instant::now();
             let batch = loader.next_batch()?;
             let data_time = waited.elapsed().as_secs_f64();
-            let mut report = self.step(&batch)?;
+            let mut report = self.step(batch)?;
             report.data_time = data_time;
             let done = self.iteration;
             if rank0 {

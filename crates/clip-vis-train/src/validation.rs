@@ -10,11 +10,12 @@
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use clip_vis_clip::preprocess::RgbImage;
-use clip_vis_eval::track::TrackMasks;
+use clip_vis_eval::track::{rle_from_row_major, TrackMasks};
 use clip_vis_eval::{evaluate, Category, GroundTruth, Protocol, Summary, Track, Video};
 use clip_vis_model::ClipVis;
-use hotcoco::{mask, Rle};
+use hotcoco::Rle;
 
+use crate::criterion::to_vec;
 use crate::synthetic::{render_image, SynthConfig};
 use crate::Result;
 
@@ -25,16 +26,6 @@ pub struct HeldOut {
     pub images: Vec<RgbImage>,
     /// Per picture, its instances as COCO RLEs at the picture's size.
     pub instances: Vec<Vec<Rle>>,
-}
-
-fn rle_of_rows(rows: &[bool], width: usize, height: usize) -> Rle {
-    let mut column_major = vec![0u8; width * height];
-    for y in 0..height {
-        for x in 0..width {
-            column_major[x * height + y] = u8::from(rows[y * width + x]);
-        }
-    }
-    mask::encode(&column_major, height as u32, width as u32).expect("sizes agree")
 }
 
 impl HeldOut {
@@ -48,7 +39,7 @@ impl HeldOut {
                 sample
                     .instances
                     .iter()
-                    .map(|i| rle_of_rows(&i.mask, config.width, config.height))
+                    .map(|i| rle_from_row_major(config.height, config.width, |p| i.mask[p]))
                     .collect(),
             );
             held.images.push(sample.image);
@@ -95,33 +86,15 @@ impl HeldOut {
             let output = model.segment_image(image, device)?;
             let last = &output.frame.decoder.last;
             let [_, queries, _] = last.object_logits.dims();
-            let object = softmax(last.object_logits.clone(), 2)
-                .slice([0..1, 0..queries, 0..1])
-                .into_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
-                .unwrap_or_default();
-            let ious = last
-                .ious
-                .clone()
-                .into_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
-                .unwrap_or_default();
-            let logits = output
-                .masks
-                .into_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
-                .unwrap_or_default();
+            let object =
+                to_vec(softmax(last.object_logits.clone(), 2).slice([0..1, 0..queries, 0..1]));
+            let ious = to_vec(last.ious.clone());
+            let logits = to_vec(output.masks);
             let (w, h) = (image.width, image.height);
             for q in 0..queries {
                 let score = f64::from((object[q] * ious[q]).max(0.0)).sqrt();
-                let rows: Vec<bool> = logits[q * w * h..(q + 1) * w * h]
-                    .iter()
-                    .map(|&l| l > 0.0)
-                    .collect();
-                let rle = rle_of_rows(&rows, w, h);
+                let logits = &logits[q * w * h..(q + 1) * w * h];
+                let rle = rle_from_row_major(h, w, |i| logits[i] > 0.0);
                 detections.push(Track::new(
                     v,
                     1,
