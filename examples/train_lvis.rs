@@ -3,7 +3,7 @@
 //! `clip-vis segment` takes directly.
 //!
 //! ```text
-//! cargo run --release --features cuda --example train_lvis -- \
+//! cargo run --release --features cuda --example train_lvis -- --device cuda \
 //!     --lvis-json datasets/lvis/lvis_v1_train.json --images datasets/coco \
 //!     --clip RN50-openai.bin --preset r50 --out runs/lvis_r50 [--batch 16] [--iters 368750] [--resume]
 //! ```
@@ -20,8 +20,9 @@
 //! `model_final.safetensors`. `--resume` continues the newest checkpoint with the saved
 //! configuration (and gives the same weights an uninterrupted run gives, on the CPU).
 //!
-//! Data-parallel: `--devices N` trains on N GPUs (with `--features cuda`; on the CPU, N ranks
-//! share the machine), the batch split evenly. Several machines: start the orchestrator on one
+//! `--device cpu|wgpu|cuda` picks the backend (`wgpu`: any Vulkan / Metal / DX12 GPU, build with
+//! `--features wgpu`; `cuda`: NVIDIA, `--features cuda`). Data-parallel: `--devices N` trains
+//! on N GPUs of that backend (on the CPU, N ranks share the machine), the batch split evenly. Several machines: start the orchestrator on one
 //! (`--serve-orchestrator 9000`), then on every machine `--num-nodes M --node-rank r
 //! --orchestrator ws://host0:9000 --node-address ws://this-host:9001 --data-port 9001`.
 //!
@@ -41,8 +42,10 @@
 use std::path::PathBuf;
 
 use burn::backend::Autodiff;
+use burn::module::Module;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::{Parser, ValueEnum};
-use clip_vis::backend;
+use clip_vis::backend::{self, DeviceKind};
 use clip_vis::model::{ClipVis, ClipVisConfig};
 use clip_vis::train::augment::Augmentation;
 use clip_vis::train::data::BadRecords;
@@ -56,8 +59,16 @@ use clip_vis::train::{
     TrainHooks,
 };
 
-type Inner = backend::Default;
-type B = Autodiff<Inner>;
+/// `--device`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DeviceName {
+    /// The CPU backend.
+    Cpu,
+    /// GPUs through wgpu (Vulkan, Metal, DX12; build with `--features wgpu`).
+    Wgpu,
+    /// NVIDIA GPUs through CUDA (build with `--features cuda`).
+    Cuda,
+}
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Preset {
@@ -169,7 +180,11 @@ struct Args {
     /// Iterations between evaluations (0: at the end only).
     #[arg(long, default_value_t = 0)]
     eval_period: usize,
-    /// Data-parallel ranks on this machine (GPUs with --features cuda).
+    /// Where the decoders train (the frozen CLIP runs there too, outside the graph).
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceName,
+    /// Data-parallel ranks on this machine: GPUs 0..N with a GPU --device (on the CPU, N
+    /// ranks share the machine).
     #[arg(long, default_value_t = 1)]
     devices: usize,
     /// Machines in the run.
@@ -197,13 +212,14 @@ struct SyntheticEval {
     held_out: HeldOut,
 }
 
-impl TrainHooks<B> for SyntheticEval {
+impl<B: AutodiffBackend> TrainHooks<B> for SyntheticEval {
     fn evaluate(
         &mut self,
-        model: &ClipVis<Inner>,
+        model: &ClipVis<B::InnerBackend>,
         iteration: usize,
     ) -> clip_vis::train::Result<Vec<(String, f64)>> {
-        let summary = self.held_out.evaluate(model, &Default::default())?;
+        let device = model.devices().into_iter().next().unwrap_or_default();
+        let summary = self.held_out.evaluate(model, &device)?;
         eprintln!(
             "train_lvis: iteration {iteration}: held-out AP50 {:.1}, AP {:.1}",
             100.0 * summary.stats[1],
@@ -218,7 +234,7 @@ impl TrainHooks<B> for SyntheticEval {
 
 /// Nothing to evaluate.
 struct Quiet;
-impl TrainHooks<B> for Quiet {}
+impl<B: AutodiffBackend> TrainHooks<B> for Quiet {}
 
 fn parse_size(text: &str) -> Result<(usize, usize), TrainError> {
     text.split_once('x')
@@ -338,7 +354,37 @@ fn config(args: &Args) -> Result<TrainConfig, TrainError> {
     Ok(config)
 }
 
-fn run(args: Args) -> Result<(), TrainError> {
+fn run(args: Args) -> clip_vis::Result<()> {
+    let kind = match args.device {
+        DeviceName::Cpu => DeviceKind::Cpu,
+        DeviceName::Wgpu => DeviceKind::Wgpu,
+        DeviceName::Cuda => DeviceKind::Cuda,
+    };
+    let count = args.devices.max(1);
+    match kind {
+        DeviceKind::Cpu => train::<Autodiff<backend::Cpu>>(args, vec![Default::default(); count]),
+        #[cfg(feature = "wgpu")]
+        DeviceKind::Wgpu => {
+            let devices = backend::gpu_devices(kind, count)?;
+            let devices = devices.into_iter().map(backend::GpuDevice::wgpu).collect();
+            train::<Autodiff<backend::Wgpu>>(args, devices)
+        }
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => {
+            let devices = backend::gpu_devices(kind, count)?;
+            let devices = devices.into_iter().map(backend::GpuDevice::cuda).collect();
+            train::<Autodiff<backend::Cuda>>(args, devices)
+        }
+        #[allow(unreachable_patterns)]
+        _ => Err(backend::not_compiled(kind)),
+    }
+}
+
+/// The run on backend `B` (an autodiff backend over the chosen device's backend).
+fn train<B: AutodiffBackend>(args: Args, devices: Vec<B::Device>) -> clip_vis::Result<()>
+where
+    B::InnerBackend: Backend,
+{
     if let Some(port) = args.serve_orchestrator {
         spawn_orchestrator(port)?;
         eprintln!("train_lvis: orchestrator listening on port {port}");
@@ -363,7 +409,6 @@ fn run(args: Args) -> Result<(), TrainError> {
     } else {
         eprintln!("train_lvis: resuming {}", args.out.display());
     }
-    let devices = backend::devices(args.devices);
     let parallel = DataParallel {
         num_nodes: args.num_nodes,
         node_rank: args.node_rank,

@@ -139,7 +139,7 @@ pub fn write_tiny_video_weights(path: &std::path::Path) -> Result<()> {
     use std::collections::HashMap;
     let store = tiny_video_store();
     let config = tiny_video_config();
-    clip_vis_model::ClipVis::<crate::backend::Default>::load(&store, &config, &Default::default())?;
+    clip_vis_model::ClipVis::<crate::backend::Cpu>::load(&store, &config, &Default::default())?;
     let metadata = HashMap::from([(
         clip_vis_model::CONFIG_METADATA_KEY.to_string(),
         config.to_json(),

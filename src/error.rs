@@ -55,6 +55,16 @@ pub enum Error {
     /// A bad argument or value from the user.
     #[error("{0}")]
     Usage(String),
+    /// A device that cannot be used: a backend this build lacks, no driver or adapter, or a
+    /// GPU that failed on a batch (out of memory names the batch size). Never a silent fallback
+    /// to the CPU.
+    #[error("device {device}: {message}")]
+    Device {
+        /// The device (`wgpu:0`, `cuda:1`, ...).
+        device: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
     /// Downloading weights failed.
     #[error("{0}")]
     Fetch(String),

@@ -63,6 +63,9 @@ enum Command {
         /// Print `{"labels": [...], "logits": [...], "probs": [...]}`.
         #[arg(long)]
         json: bool,
+        /// Where the model runs.
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: segment::DeviceName,
     },
     /// Video mask AP of a results json against ground truth (LV-VIS / YouTube-VIS protocols).
     Eval {
@@ -170,7 +173,18 @@ fn run(cli: Cli) -> Result<()> {
             model,
             templates,
             json,
-        } => zero_shot(clip, image, &labels, model, templates, json),
+            device,
+        } => backend::run_on(
+            device.into(),
+            ZeroShotJob {
+                clip,
+                image,
+                labels,
+                model,
+                templates,
+                json,
+            },
+        ),
         Command::Eval {
             gt,
             results,
@@ -233,22 +247,35 @@ fn print_table<S: AsRef<str>>(labels: &[S], result: &clip_vis::ZeroShot) {
     }
 }
 
-fn zero_shot(
-    clip_path: PathBuf,
+/// `clip-vis zero-shot` on the device of `--device`.
+struct ZeroShotJob {
+    clip: PathBuf,
     image: PathBuf,
-    labels: &str,
+    labels: String,
     model: Option<ModelName>,
     templates: TemplateSet,
     json: bool,
-) -> Result<()> {
-    let labels = parse_labels(labels)?;
-    let device = Default::default();
+}
+
+impl backend::OnBackend for ZeroShotJob {
+    type Output = ();
+    fn run<B: burn::tensor::backend::Backend>(self, device: B::Device) -> Result<()> {
+        zero_shot::<B>(self, &device)
+    }
+}
+
+fn zero_shot<B: burn::tensor::backend::Backend>(job: ZeroShotJob, device: &B::Device) -> Result<()> {
+    let ZeroShotJob {
+        clip: clip_path,
+        image,
+        labels,
+        model,
+        templates,
+        json,
+    } = job;
+    let labels = parse_labels(&labels)?;
     eprintln!("clip-vis: loading {}", clip_path.display());
-    let clip = Clip::<backend::Default>::from_file(
-        &clip_path,
-        model.map(ModelName::open_clip_name),
-        &device,
-    )?;
+    let clip = Clip::<B>::from_file(&clip_path, model.map(ModelName::open_clip_name), device)?;
     // Decode the image before the text work so a bad file fails fast.
     let picture = clip_vis::image_io::read_rgb(&image)?;
     let templates = match templates {

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use clip_vis::backend;
+use burn::tensor::backend::Backend;
+use clip_vis::backend::{self, DeviceKind, OnBackend};
 use clip_vis::classification::{BuiltinVocabulary, ClassifierCache, ScoreWeights, Vocabulary};
 use clip_vis::matching::{MatchConfig, Strategy};
 use clip_vis::model::ClipVis;
@@ -16,7 +17,26 @@ use clip_vis::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 
-type B = backend::Default;
+/// `--device` of every command that runs a model.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DeviceName {
+    /// The CPU backend (always built in).
+    Cpu,
+    /// A GPU through wgpu: Vulkan, Metal, DX12 (build with `--features wgpu`).
+    Wgpu,
+    /// An NVIDIA GPU through CUDA (build with `--features cuda`).
+    Cuda,
+}
+
+impl From<DeviceName> for DeviceKind {
+    fn from(name: DeviceName) -> Self {
+        match name {
+            DeviceName::Cpu => DeviceKind::Cpu,
+            DeviceName::Wgpu => DeviceKind::Wgpu,
+            DeviceName::Cuda => DeviceKind::Cuda,
+        }
+    }
+}
 
 /// Matching strategies of the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -50,9 +70,12 @@ pub struct PipelineArgs {
     /// ... with the long side at most this.
     #[arg(long, default_value_t = 1333)]
     pub max_side: usize,
-    /// Frames per model batch.
-    #[arg(long, default_value_t = 10)]
-    pub chunk: usize,
+    /// Frames per model batch (on a GPU, larger batches keep it busy; memory grows with it).
+    #[arg(long, alias = "chunk", default_value_t = 10)]
+    pub batch: usize,
+    /// Where the model runs.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceName,
     /// Do not weight the CLIP probability by the predicted mask IoU (ablation).
     #[arg(long)]
     pub no_iou_weight: bool,
@@ -89,7 +112,7 @@ impl PipelineArgs {
             },
             short_side: self.short_side,
             max_side: self.max_side,
-            chunk: self.chunk,
+            chunk: self.batch,
             ..VideoConfig::default()
         }
     }
@@ -191,15 +214,15 @@ fn peak_memory_kib() -> Option<u64> {
 }
 
 /// One video through a session; frames are read from disk one at a time.
-fn run_video(
+fn run_video<B: Backend>(
     model: &ClipVis<B>,
     cache: &mut ClassifierCache<B>,
     vocabulary: &Vocabulary,
     config: &VideoConfig,
     paths: &[PathBuf],
     progress: Option<&ProgressBar>,
+    device: &B::Device,
 ) -> Result<FinishedVideo> {
-    let device = Default::default();
     let classifier = cache
         .get(&model.clip, vocabulary, config.templates)?
         .clone();
@@ -208,7 +231,7 @@ fn run_video(
         classifier,
         vocabulary.clone(),
         config.clone(),
-        &device,
+        device,
     )?;
     for (index, path) in paths.iter().enumerate() {
         session.push(read_frame(path, index)?)?;
@@ -279,20 +302,34 @@ fn pictures(
     Ok(())
 }
 
-/// Runs `clip-vis segment`.
+/// Runs `clip-vis segment` on the device of `--device`.
 pub fn segment(args: SegmentArgs) -> Result<()> {
     let config = args.pipeline.config();
     config.validate()?;
+    vocabulary(&args)?;
+    backend::run_on(args.pipeline.device.into(), Segment(args))
+}
+
+struct Segment(SegmentArgs);
+
+impl OnBackend for Segment {
+    type Output = ();
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        segment_on::<B>(self.0, &device)
+    }
+}
+
+fn segment_on<B: Backend>(args: SegmentArgs, device: &B::Device) -> Result<()> {
+    let config = args.pipeline.config();
     let vocabulary = vocabulary(&args)?;
     create_dir(&args.out)?;
     let started = Instant::now();
     eprintln!(
         "clip-vis: loading {} ({} backend)",
         args.weights.display(),
-        backend::name()
+        backend::kind_name(args.pipeline.device.into())
     );
-    let device = Default::default();
-    let model = ClipVis::<B>::from_file(&args.weights, &device)?;
+    let model = ClipVis::<B>::from_file(&args.weights, device)?;
     eprintln!(
         "clip-vis: model loaded in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -341,6 +378,7 @@ pub fn segment(args: SegmentArgs) -> Result<()> {
                 &config,
                 &paths,
                 Some(&progress),
+                device,
             )?;
             timings.add(&finished.timings);
             writer.write_video(video.id, &mut finished)?;
@@ -366,6 +404,7 @@ pub fn segment(args: SegmentArgs) -> Result<()> {
             &config,
             &paths,
             Some(&progress),
+            device,
         )?;
         progress.finish_and_clear();
         let mut writer = ResultsWriter::create(&args.out.join("results.json"))?;
@@ -426,7 +465,20 @@ pub enum DemoPreset {
 /// Runs `clip-vis demo`: synthesises a video with ground truth, segments, tracks and names its
 /// objects with the built-in model, writes everything `segment` writes, and scores the tracks
 /// with the class-agnostic video AP of clip-vis's own evaluator.
-pub fn demo(mut args: DemoArgs) -> Result<()> {
+pub fn demo(args: DemoArgs) -> Result<()> {
+    backend::run_on(args.pipeline.device.into(), Demo(args))
+}
+
+struct Demo(DemoArgs);
+
+impl OnBackend for Demo {
+    type Output = ();
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        demo_on::<B>(self.0, &device)
+    }
+}
+
+fn demo_on<B: Backend>(mut args: DemoArgs, device: &B::Device) -> Result<()> {
     use clip_vis::train::synthetic::{write_ytvis, SynthConfig};
     let trained = matches!(args.preset, DemoPreset::Tiny);
     if trained {
@@ -438,7 +490,7 @@ pub fn demo(mut args: DemoArgs) -> Result<()> {
              scoring, RLE outputs, and clip-vis's evaluator. Its CLIP is random (no CLIP\n\
              weights ship with clip-vis), so the category names it gives mean nothing: the\n\
              class-agnostic AP below is what it is measured on.",
-            backend::name(),
+            backend::kind_name(args.pipeline.device.into()),
             args.frames
         );
     } else {
@@ -446,7 +498,7 @@ pub fn demo(mut args: DemoArgs) -> Result<()> {
             "clip-vis demo: the full-size {:?} architecture with RANDOM weights on the {}\n\
              backend: it shows the speed of the real model here; its tracks mean nothing.",
             args.preset,
-            backend::name()
+            backend::kind_name(args.pipeline.device.into())
         );
     }
     if args.frames == 0 {
@@ -461,7 +513,6 @@ pub fn demo(mut args: DemoArgs) -> Result<()> {
     config.validate()?;
     let vocabulary = Vocabulary::from_list(&args.vocab)?;
     create_dir(&args.out)?;
-    let device = Default::default();
     let model = match args.preset {
         DemoPreset::Tiny => {
             let weights = args.out.join("model.safetensors");
@@ -470,15 +521,15 @@ pub fn demo(mut args: DemoArgs) -> Result<()> {
                 "clip-vis demo: the model is also in {} (try `clip-vis segment --weights` on it)",
                 weights.display()
             );
-            clip_vis::demo::demo_model::<B>(&device)?
+            clip_vis::demo::demo_model::<B>(device)?
         }
         DemoPreset::Rn50 => clip_vis::demo::random_model::<B>(
             &clip_vis::model::ClipVisConfig::rn50_lvis(),
-            &device,
+            device,
         )?,
         DemoPreset::Convnext => clip_vis::demo::random_model::<B>(
             &clip_vis::model::ClipVisConfig::convnext_b_lvis(),
-            &device,
+            device,
         )?,
     };
     let synth = SynthConfig {
@@ -495,7 +546,15 @@ pub fn demo(mut args: DemoArgs) -> Result<()> {
         .map(|f| input.join("JPEGImages").join(format!("000000/{f:05}.png")))
         .collect();
     let mut cache = ClassifierCache::new();
-    let mut finished = run_video(&model, &mut cache, &vocabulary, &config, &paths, None)?;
+    let mut finished = run_video(
+        &model,
+        &mut cache,
+        &vocabulary,
+        &config,
+        &paths,
+        None,
+        device,
+    )?;
     let mut writer = ResultsWriter::create(&args.out.join("results.json"))?;
     writer.write_video(1, &mut finished)?;
     finish_outputs(&args.out, writer)?;

@@ -6,7 +6,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use clip_vis_classification::scoring::{frame_score, keeps_frame, softmax_rows};
 use clip_vis_classification::{frame_class_logits, MaskStats, VideoScores, Vocabulary};
-use clip_vis_clip::preprocess::{normalize_and_pad, resize_bilinear, RgbImage};
+use clip_vis_clip::device::catch_panic;
+use clip_vis_clip::nn::runs_on_host;
+use clip_vis_clip::preprocess::{normalize_and_pad_batch, resize_bilinear, RgbImage};
 use clip_vis_clip::zero_shot::TextClassifier;
 use clip_vis_matching::{permute_rows, TemporalMatcher};
 use clip_vis_model::ClipVis;
@@ -95,6 +97,25 @@ pub struct VideoSession<'m, B: Backend> {
     frames: usize,
     queries: usize,
     timings: StageTimings,
+}
+
+/// What one chunk's model pass leaves on the host.
+struct ChunkOutputs {
+    /// `[frame, query, h, w]` mask logits at stride 4.
+    masks: Vec<f32>,
+    /// `[frame, query, 2]` object logits.
+    objects: Vec<f32>,
+    /// `[frame, query]` predicted IoUs.
+    ious: Vec<f32>,
+    /// `[frame, query, dim]` tracking embeddings.
+    embeds: Vec<f32>,
+    /// Per frame, `[query, class]` logits.
+    class_logits: Vec<Vec<f32>>,
+    queries: usize,
+    mask_size: (usize, usize),
+    dim: usize,
+    /// CLIP, pixel decoder, transformer decoder, classification.
+    timings: [Duration; 4],
 }
 
 fn sync<B: Backend>(device: &B::Device) {
@@ -195,46 +216,54 @@ impl<'m, B: Backend> VideoSession<'m, B> {
         let (height, width) = (pending[0].height, pending[0].width);
         let (new_h, new_w) =
             resized_size(height, width, self.config.short_side, self.config.max_side);
-        let batch: Vec<Tensor<B, 4>> = pending
-            .iter()
-            .map(|frame| {
-                let resized = if (new_h, new_w) == (height, width) {
-                    frame.clone()
-                } else {
-                    resize_bilinear(frame, new_w, new_h)
-                };
-                normalize_and_pad::<B>(&resized, &self.device)
-            })
-            .collect();
-        let pixels = Tensor::cat(batch, 0);
+        let resized: Vec<RgbImage> = if (new_h, new_w) == (height, width) {
+            pending
+        } else {
+            pending
+                .par_iter()
+                .map(|frame| resize_bilinear(frame, new_w, new_h))
+                .collect()
+        };
+        // One upload per chunk.
+        let pixels = normalize_and_pad_batch::<B>(&resized, &self.device);
         let [count, _, padded_h, padded_w] = pixels.dims();
         sync::<B>(&self.device);
         self.timings.preprocess += started.elapsed();
 
-        let model = self.model;
-        let t = Instant::now();
-        let features = model.clip.features(pixels);
-        sync::<B>(&self.device);
-        self.timings.clip += t.elapsed();
-        let t = Instant::now();
-        let pixel = model.pixel_decoder.forward(
-            features.res2.clone(),
-            features.res3.clone(),
-            features.res4.clone(),
-            features.res5.clone(),
-        );
-        sync::<B>(&self.device);
-        self.timings.pixel_decoder += t.elapsed();
-        let t = Instant::now();
-        let decoder = model
-            .transformer_decoder
-            .forward(&pixel.multi_scale_features, pixel.mask_features);
-        sync::<B>(&self.device);
-        self.timings.transformer_decoder += t.elapsed();
-
-        let [_, queries, mask_h, mask_w] = decoder.last.masks.dims();
-        let [_, _, dim] = decoder.embeds.dims();
-        let [_, channels, dense_h, dense_w] = features.res5.dims();
+        // Everything on the device, then one download per output: on a GPU a failure (out of
+        // memory on a large batch, a lost device) surfaces as a panic inside the backend, which
+        // becomes an error naming the batch instead of aborting the process.
+        let on_device = || self.run_model(pixels, count);
+        let outputs = if runs_on_host::<B>(&self.device) {
+            on_device()?
+        } else {
+            catch_panic(on_device).map_err(|cause| Error::Device {
+                device: B::name(&self.device),
+                message: format!(
+                    "the model failed on a batch of {count} frames ({padded_w}x{padded_h} padded): {cause}{}",
+                    if cause.to_ascii_lowercase().contains("memory") {
+                        "; out of GPU memory: use a smaller --batch"
+                    } else {
+                        ""
+                    }
+                ),
+            })??
+        };
+        let ChunkOutputs {
+            masks: all_masks,
+            objects: all_objects,
+            ious: all_ious,
+            embeds: all_embeds,
+            class_logits,
+            queries,
+            mask_size: (mask_h, mask_w),
+            dim,
+            timings,
+        } = outputs;
+        self.timings.clip += timings[0];
+        self.timings.pixel_decoder += timings[1];
+        self.timings.transformer_decoder += timings[2];
+        self.timings.classify += timings[3];
         if self.resizer.is_none() {
             self.queries = queries;
             self.scores = Some(VideoScores::new(
@@ -249,34 +278,10 @@ impl<'m, B: Backend> VideoSession<'m, B> {
                 original: (height, width),
             }));
         }
-        // One device-to-host copy per chunk for each output; frames are slices of them.
-        let all_masks = to_host(decoder.last.masks.clone());
-        let all_objects = to_host(decoder.last.object_logits.clone());
-        let all_ious = to_host(decoder.last.ious.clone());
-        let all_embeds = to_host(decoder.embeds.clone());
         let plane = mask_h * mask_w;
         for b in 0..count {
             let frame = self.frames;
-            let t = Instant::now();
-            let res5 = features
-                .res5
-                .clone()
-                .slice([b..b + 1, 0..channels, 0..dense_h, 0..dense_w]);
-            let frame_masks = decoder
-                .last
-                .masks
-                .clone()
-                .slice([b..b + 1, 0..queries, 0..mask_h, 0..mask_w])
-                .reshape([queries, mask_h, mask_w]);
-            let logits = to_host(frame_class_logits(
-                &model.clip,
-                &self.classifier,
-                res5,
-                frame_masks,
-            )?);
-            sync::<B>(&self.device);
-            self.timings.classify += t.elapsed();
-
+            let logits = &class_logits[b];
             let masks = &all_masks[b * queries * plane..(b + 1) * queries * plane];
             let objects = &all_objects[b * queries * 2..(b + 1) * queries * 2];
             let ious = &all_ious[b * queries..(b + 1) * queries];
@@ -303,7 +308,7 @@ impl<'m, B: Backend> VideoSession<'m, B> {
 
             let t = Instant::now();
             let classes = self.vocabulary.len();
-            let probabilities = softmax_rows(&permute_rows(&logits, classes, &perm), classes);
+            let probabilities = softmax_rows(&permute_rows(logits, classes, &perm), classes);
             let objects = permute_rows(objects, 2, &perm);
             let ious = permute_rows(ious, 1, &perm);
             self.scores
@@ -330,6 +335,68 @@ impl<'m, B: Backend> VideoSession<'m, B> {
         }
         self.timings.frames = self.frames;
         Ok(())
+    }
+
+    /// The device part of a chunk: CLIP, both decoders, and the class logits of every frame
+    /// (mask pooling against the cached text classifier), downloaded once per output.
+    fn run_model(&self, pixels: Tensor<B, 4>, count: usize) -> Result<ChunkOutputs> {
+        let model = self.model;
+        let t = Instant::now();
+        let features = model.clip.features(pixels);
+        sync::<B>(&self.device);
+        let clip = t.elapsed();
+        let t = Instant::now();
+        let pixel = model.pixel_decoder.forward(
+            features.res2.clone(),
+            features.res3.clone(),
+            features.res4.clone(),
+            features.res5.clone(),
+        );
+        sync::<B>(&self.device);
+        let pixel_decoder = t.elapsed();
+        let t = Instant::now();
+        let decoder = model
+            .transformer_decoder
+            .forward(&pixel.multi_scale_features, pixel.mask_features);
+        sync::<B>(&self.device);
+        let transformer_decoder = t.elapsed();
+
+        let [_, queries, mask_h, mask_w] = decoder.last.masks.dims();
+        let [_, _, dim] = decoder.embeds.dims();
+        let [_, channels, dense_h, dense_w] = features.res5.dims();
+        let t = Instant::now();
+        let mut class_logits = Vec::with_capacity(count);
+        for b in 0..count {
+            let res5 = features
+                .res5
+                .clone()
+                .slice([b..b + 1, 0..channels, 0..dense_h, 0..dense_w]);
+            let frame_masks = decoder
+                .last
+                .masks
+                .clone()
+                .slice([b..b + 1, 0..queries, 0..mask_h, 0..mask_w])
+                .reshape([queries, mask_h, mask_w]);
+            class_logits.push(to_host(frame_class_logits(
+                &model.clip,
+                &self.classifier,
+                res5,
+                frame_masks,
+            )?));
+        }
+        sync::<B>(&self.device);
+        let classify = t.elapsed();
+        Ok(ChunkOutputs {
+            masks: to_host(decoder.last.masks),
+            objects: to_host(decoder.last.object_logits),
+            ious: to_host(decoder.last.ious),
+            embeds: to_host(decoder.embeds),
+            class_logits,
+            queries,
+            mask_size: (mask_h, mask_w),
+            dim,
+            timings: [clip, pixel_decoder, transformer_decoder, classify],
+        })
     }
 
     /// Finishes the video: the best `config.detections` (track, category) pairs, each with its

@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod convnext;
+pub mod device;
 mod error;
 pub mod model;
 pub mod modified_resnet;

@@ -50,19 +50,44 @@ impl RgbImage {
 /// multiple of 32 (padding after normalisation, as detectron2's `ImageList` does):
 /// `[1, 3, ceil32(height), ceil32(width)]`.
 pub fn normalize_and_pad<B: Backend>(image: &RgbImage, device: &B::Device) -> Tensor<B, 4> {
+    normalize_and_pad_batch(std::slice::from_ref(image), device)
+}
+
+/// [`normalize_and_pad`] of several images of one size as one `[n, 3, H, W]` tensor, uploaded
+/// to the device in one transfer (what a GPU wants: one copy per batch, not per frame).
+///
+/// # Panics
+/// If `images` is empty or the images differ in size (the video session checks both first).
+pub fn normalize_and_pad_batch<B: Backend>(
+    images: &[RgbImage],
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    let first = images.first().expect("at least one image");
+    assert!(
+        images
+            .iter()
+            .all(|i| (i.height, i.width) == (first.height, first.width)),
+        "normalize_and_pad_batch: images of one size"
+    );
     let round_up = |v: usize| v.div_ceil(SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY;
-    let (height, width) = (round_up(image.height), round_up(image.width));
-    let mut values = vec![0f32; 3 * height * width];
-    for y in 0..image.height {
-        for x in 0..image.width {
-            for c in 0..3 {
-                let byte = image.pixels[(y * image.width + x) * 3 + c];
-                values[(c * height + y) * width + x] =
-                    (f32::from(byte) - PIXEL_MEAN[c]) / PIXEL_STD[c];
+    let (height, width) = (round_up(first.height), round_up(first.width));
+    let plane = 3 * height * width;
+    let mut values = vec![0f32; images.len() * plane];
+    for (image, values) in images.iter().zip(values.chunks_mut(plane)) {
+        for y in 0..image.height {
+            for x in 0..image.width {
+                for c in 0..3 {
+                    let byte = image.pixels[(y * image.width + x) * 3 + c];
+                    values[(c * height + y) * width + x] =
+                        (f32::from(byte) - PIXEL_MEAN[c]) / PIXEL_STD[c];
+                }
             }
         }
     }
-    Tensor::from_data(TensorData::new(values, [1, 3, height, width]), device)
+    Tensor::from_data(
+        TensorData::new(values, [images.len(), 3, height, width]),
+        device,
+    )
 }
 
 /// open_clip's evaluation transform for an `image_size` model: resize so the short side is

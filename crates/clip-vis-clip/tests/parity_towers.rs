@@ -111,3 +111,21 @@ fn rn50_small_matches_open_clip_on_ndarray() {
 fn convnext_small_matches_open_clip_on_ndarray() {
     check_model::<burn::backend::NdArray>("convnext_small.safetensors", &Default::default());
 }
+
+/// The towers on the wgpu backend (Vulkan; Mesa's lavapipe in CI) against the same PyTorch
+/// outputs at the same tolerance.
+#[cfg(feature = "wgpu")]
+#[test]
+fn rn50_small_matches_open_clip_on_wgpu() {
+    if let Some(device) = clip_vis_clip::device::wgpu_test_device() {
+        check_model::<burn::backend::Wgpu>("rn50_small.safetensors", &device);
+    }
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn convnext_small_matches_open_clip_on_wgpu() {
+    if let Some(device) = clip_vis_clip::device::wgpu_test_device() {
+        check_model::<burn::backend::Wgpu>("convnext_small.safetensors", &device);
+    }
+}

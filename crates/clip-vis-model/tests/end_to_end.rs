@@ -80,6 +80,15 @@ fn small_clip_vis_matches_pytorch_on_ndarray() {
     check::<burn::backend::NdArray>(&Default::default());
 }
 
+/// The whole model on wgpu (lavapipe in CI), against the same PyTorch outputs.
+#[cfg(feature = "wgpu")]
+#[test]
+fn small_clip_vis_matches_pytorch_on_wgpu() {
+    if let Some(device) = clip_vis_clip::device::wgpu_test_device() {
+        check::<burn::backend::Wgpu>(&device);
+    }
+}
+
 /// The fixture's model tensors (no `io.*`) written as a clip-vis file, after `edit`.
 fn write_checkpoint(name: &str, metadata: Option<String>, keep: impl Fn(&str) -> bool) -> PathBuf {
     let store = fixture("clip_vis_small.safetensors");

@@ -126,6 +126,27 @@ fn ms_deform_attn_grid_sample_core_matches_pytorch() {
     );
 }
 
+/// On wgpu `forward` takes the generic `grid_sample_2d` core (the GPUs' path, not the CPU
+/// kernel); the whole pixel decoder and the attention alone against PyTorch.
+#[cfg(feature = "wgpu")]
+#[test]
+fn ms_deform_attn_and_pixel_decoder_match_pytorch_on_wgpu() {
+    if let Some(device) = clip_vis_clip::device::wgpu_test_device() {
+        check_ms_deform_attn::<burn::backend::Wgpu>(&device, None);
+        check_ms_deform_attn::<burn::backend::Wgpu>(&device, Some(SamplingCore::GridSample));
+        check_pixel_decoder::<burn::backend::Wgpu>(&device);
+    }
+}
+
+/// Training on a GPU: the gather core under autodiff on wgpu (forward values).
+#[cfg(feature = "wgpu")]
+#[test]
+fn gather_core_matches_pytorch_under_autodiff_on_wgpu() {
+    if let Some(device) = clip_vis_clip::device::wgpu_test_device() {
+        check_ms_deform_attn::<burn::backend::Autodiff<burn::backend::Wgpu>>(&device, None);
+    }
+}
+
 /// The gather core under autodiff is the generic, differentiable reference.
 #[test]
 fn ms_deform_attn_gather_core_matches_pytorch() {

@@ -5,7 +5,7 @@
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use clip_vis_clip::TensorStore;
 use clip_vis_model::ClipVisConfig;
@@ -15,8 +15,6 @@ use std::collections::VecDeque;
 
 mod common;
 use common::{close, draws, tensor};
-
-type A = Autodiff<Flex>;
 
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -31,20 +29,20 @@ const WEIGHTS: &str = concat!(
 type ParamGrad = (Vec<usize>, Vec<f32>, Option<Vec<f32>>);
 
 /// Every trainable parameter's shape, values and gradient.
-struct Collect<'a> {
-    grads: &'a <A as AutodiffBackend>::Gradients,
+struct Collect<'a, A: AutodiffBackend> {
+    grads: &'a A::Gradients,
     params: Vec<ParamGrad>,
 }
 
-impl ModuleVisitor<A> for Collect<'_> {
+impl<A: AutodiffBackend> ModuleVisitor<A> for Collect<'_, A> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
         let value = param.val();
         let grad = value
             .grad(self.grads)
-            .map(|g| g.into_data().into_vec::<f32>().unwrap());
+            .map(|g| g.into_data().convert::<f32>().into_vec::<f32>().unwrap());
         self.params.push((
             value.dims().to_vec(),
-            value.into_data().into_vec::<f32>().unwrap(),
+            value.into_data().convert::<f32>().into_vec::<f32>().unwrap(),
             grad,
         ));
     }
@@ -58,6 +56,24 @@ fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 #[test]
 fn one_step_equals_pytorch() {
+    check_step::<Flex>(&Default::default());
+}
+
+/// The same step on wgpu (lavapipe in CI): autodiff through the GPU path (the gather core of
+/// deformable attention, the device's matmuls and reductions), every loss and gradient against
+/// the same PyTorch values.
+#[cfg(feature = "wgpu")]
+#[test]
+fn one_step_equals_pytorch_on_wgpu() {
+    if let Some(device) = clip_vis_clip::device::wgpu_test_device() {
+        check_step::<burn::backend::Wgpu>(&device);
+    }
+}
+
+/// The autodiff backend over the inner backend `I` (CLIP runs on `I`, outside the graph).
+type A<I> = Autodiff<I>;
+
+fn check_step<I: Backend>(device: &I::Device) {
     let Ok(bytes) = std::fs::read(FIXTURE) else {
         panic!("missing {FIXTURE}: run scripts/fixtures/gen_train_step.py");
     };
@@ -73,13 +89,12 @@ fn one_step_equals_pytorch() {
         "clip": model_meta["clip"], "pixel_decoder": model_meta["pixel_decoder"], "transformer_decoder": model_meta["transformer_decoder"],
     }))
     .unwrap();
-    let device = Default::default();
-    let model = TrainingModel::<A>::load(&store, &model_config, &device).unwrap();
+    let model = TrainingModel::<A<I>>::load(&store, &model_config, device).unwrap();
 
     let (pixels, shape) = tensor(&st, "pixels").unwrap();
     let (h, w) = (shape[2], shape[3]);
     let pixels =
-        Tensor::<Flex, 4>::from_data(TensorData::new(pixels, [shape[0], shape[1], h, w]), &device);
+        Tensor::<I, 4>::from_data(TensorData::new(pixels, [shape[0], shape[1], h, w]), device);
     let counts: Vec<usize> = (0..shape[0])
         .map(|b| tensor(&st, &format!("tgt{b}.masks")).map_or(0, |t| t.1[0]))
         .collect();
@@ -89,9 +104,9 @@ fn one_step_equals_pytorch() {
             .enumerate()
             .map(|(b, &n)| match tensor(&st, &format!("tgt{b}.masks")) {
                 Some((v, _)) if n > 0 => {
-                    Tensor::<A, 3>::from_data(TensorData::new(v, [n, h, w]), &device)
+                    Tensor::<A<I>, 3>::from_data(TensorData::new(v, [n, h, w]), device)
                 }
-                _ => Tensor::<A, 3>::zeros([0, h, w], &device),
+                _ => Tensor::<A<I>, 3>::zeros([0, h, w], device),
             })
             .collect(),
     };
@@ -118,7 +133,7 @@ fn one_step_equals_pytorch() {
     let (want_losses, _) = tensor(&st, "losses").unwrap();
     for (o, out) in terms.outputs.iter().enumerate() {
         let got = [&out.object_ce, &out.mask, &out.dice, &out.iou]
-            .map(|t| (*t).clone().into_data().into_vec::<f32>().unwrap()[0]);
+            .map(|t| (*t).clone().into_data().convert::<f32>().into_vec::<f32>().unwrap()[0]);
         close(
             &format!("output {o} losses"),
             &got,
@@ -126,11 +141,17 @@ fn one_step_equals_pytorch() {
             1e-5,
         );
     }
-    let total = terms.total.clone().into_data().into_vec::<f32>().unwrap();
+    let total = terms
+        .total
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .unwrap();
     close("total", &total, &tensor(&st, "total").unwrap().0, 1e-5);
 
     let grads = terms.total.backward();
-    let mut collect = Collect {
+    let mut collect = Collect::<A<I>> {
         grads: &grads,
         params: Vec::new(),
     };

@@ -67,3 +67,12 @@ fn decoder_matches_pytorch_on_flex() {
 fn decoder_matches_pytorch_on_ndarray() {
     check::<burn::backend::NdArray>(&Default::default());
 }
+
+/// The decoder with its heads on wgpu (lavapipe in CI), against the same PyTorch outputs.
+#[cfg(feature = "wgpu")]
+#[test]
+fn decoder_matches_pytorch_on_wgpu() {
+    if let Some(device) = clip_vis_clip::device::wgpu_test_device() {
+        check::<burn::backend::Wgpu>(&device);
+    }
+}
