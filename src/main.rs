@@ -264,7 +264,10 @@ impl backend::OnBackend for ZeroShotJob {
     }
 }
 
-fn zero_shot<B: burn::tensor::backend::Backend>(job: ZeroShotJob, device: &B::Device) -> Result<()> {
+fn zero_shot<B: burn::tensor::backend::Backend>(
+    job: ZeroShotJob,
+    device: &B::Device,
+) -> Result<()> {
     let ZeroShotJob {
         clip: clip_path,
         image,

@@ -11,7 +11,7 @@
 
 use burn::backend::{Flex, Wgpu};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, Distribution, Tensor};
 use clip_vis::clip::device::wgpu_test_device;
 use clip_vis::clip::preprocess::RgbImage;
 use clip_vis::clip::zero_shot::{Templates, TextClassifier};
@@ -39,7 +39,10 @@ fn assert_same(what: &str, gpu: (Vec<usize>, Vec<f32>), cpu: (Vec<usize>, Vec<f3
         .zip(&cpu.1)
         .map(|(a, b)| (a - b).abs())
         .enumerate()
-        .fold((0, 0f32), |best, (i, d)| if d > best.1 { (i, d) } else { best });
+        .fold(
+            (0, 0f32),
+            |best, (i, d)| if d > best.1 { (i, d) } else { best },
+        );
     let rel = diff / scale;
     eprintln!("{what}: wgpu vs cpu relative error {rel:.2e}");
     assert!(
@@ -76,7 +79,9 @@ fn fixture_image(store: &TensorStore) -> RgbImage {
 
 /// Everything one image gives on a backend: the decoder's outputs, the masks at the original
 /// size, and the open-vocabulary logits (text tower + mask pooling + classifier).
-fn small_model_outputs<B: Backend>(device: &B::Device) -> Vec<(&'static str, (Vec<usize>, Vec<f32>))> {
+fn small_model_outputs<B: Backend>(
+    device: &B::Device,
+) -> Vec<(&'static str, (Vec<usize>, Vec<f32>))> {
     let store = fixture("crates/clip-vis-model/tests/fixtures/clip_vis_small.safetensors");
     let model = ClipVis::<B>::load(&store, &model_config(&store), device).expect("weights");
     let output = model
@@ -103,7 +108,13 @@ fn small_model_outputs<B: Backend>(device: &B::Device) -> Vec<(&'static str, (Ve
         ("stride-4 masks", host(decoder.last.masks.clone())),
         ("ious", host(decoder.last.ious.clone())),
         ("embeddings", host(decoder.embeds.clone())),
-        ("every auxiliary mask", host(Tensor::cat(decoder.aux.iter().map(|a| a.masks.clone()).collect(), 1))),
+        (
+            "every auxiliary mask",
+            host(Tensor::cat(
+                decoder.aux.iter().map(|a| a.masks.clone()).collect(),
+                1,
+            )),
+        ),
         ("masks at the original size", host(output.masks)),
         ("class logits (mask pooling)", host(logits)),
     ]
@@ -143,7 +154,9 @@ fn convnext_outputs<B: Backend>(device: &B::Device) -> Vec<(&'static str, (Vec<u
         device,
     )
     .greater_elem(0.0);
-    let dense = clip.embed_masks(features.res5.clone(), masks).expect("pooling");
+    let dense = clip
+        .embed_masks(features.res5.clone(), masks)
+        .expect("pooling");
     vec![
         ("convnext res2", host(features.res2)),
         ("convnext res3", host(features.res3)),
@@ -174,12 +187,23 @@ fn scratch(name: &str) -> PathBuf {
 
 fn demo(out: &Path, device: &str) -> serde_json::Value {
     let output = Command::new(env!("CARGO_BIN_EXE_clip-vis"))
-        .args(["demo", "--frames", "8", "--no-pictures", "--device", device, "--out"])
+        .args([
+            "demo",
+            "--frames",
+            "8",
+            "--no-pictures",
+            "--device",
+            device,
+            "--out",
+        ])
         .arg(out)
         .output()
         .expect("runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "demo --device {device} failed:\n{stderr}");
+    assert!(
+        output.status.success(),
+        "demo --device {device} failed:\n{stderr}"
+    );
     serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
 }
 
@@ -200,7 +224,10 @@ fn the_demo_video_on_wgpu_equals_the_cpu() {
     let mut worst = 0f64;
     let (mut masks, mut same) = (0usize, 0usize);
     for (i, (g, c)) in gpu.iter().zip(cpu).enumerate() {
-        assert_eq!(g["category_id"], c["category_id"], "detection {i}: category");
+        assert_eq!(
+            g["category_id"], c["category_id"],
+            "detection {i}: category"
+        );
         let (gs, cs) = (g["score"].as_f64().unwrap(), c["score"].as_f64().unwrap());
         worst = worst.max((gs - cs).abs());
         assert!((gs - cs).abs() <= 1e-3, "detection {i}: score {gs} vs {cs}");
@@ -227,7 +254,15 @@ fn the_demo_video_on_wgpu_equals_the_cpu() {
 fn wgpu_without_a_driver_is_a_clear_error() {
     let dir = scratch("no-driver");
     let output = Command::new(env!("CARGO_BIN_EXE_clip-vis"))
-        .args(["demo", "--frames", "2", "--no-pictures", "--device", "wgpu", "--out"])
+        .args([
+            "demo",
+            "--frames",
+            "2",
+            "--no-pictures",
+            "--device",
+            "wgpu",
+            "--out",
+        ])
         .arg(dir.join("out"))
         // The Vulkan loader finds no driver; no other graphics API exists on Linux.
         .env("VK_ICD_FILENAMES", dir.join("no-such-icd.json"))
@@ -239,6 +274,149 @@ fn wgpu_without_a_driver_is_a_clear_error() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("device wgpu:0"), "{stderr}");
     assert!(stderr.contains("Vulkan"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "a panic reached the user:\n{stderr}");
+    assert!(
+        !stderr.contains("panicked"),
+        "a panic reached the user:\n{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Environment variable that turns `double_buffered_matmul_with_odd_k_stages` into its child
+/// process: the value is the `k` to multiply with.
+const MATMUL_CHILD_ENV: &str = "CLIP_VIS_MATMUL_CHILD_K";
+
+/// `[768, k] x [k, 32]` on wgpu against the CPU; panics when they differ.
+fn odd_k_matmul_matches_cpu(k: usize) {
+    let Some(device) = wgpu_test_device() else {
+        return;
+    };
+    let cpu = Default::default();
+    let lhs = Tensor::<Flex, 2>::random([768, k], Distribution::Normal(0.0, 1.0), &cpu);
+    let rhs = Tensor::<Flex, 2>::random([k, 32], Distribution::Normal(0.0, 1.0), &cpu);
+    let on_gpu = Tensor::<Wgpu, 2>::from_data(lhs.to_data(), &device)
+        .matmul(Tensor::<Wgpu, 2>::from_data(rhs.to_data(), &device));
+    assert_same(
+        &format!("[768, {k}] x [{k}, 32]"),
+        host(on_gpu),
+        host(lhs.matmul(rhs)),
+        REL_TOL,
+    );
+}
+
+/// Regression test for the patched CubeCL bug in `vendor/README.md`: the double-buffered
+/// matmuls read past `k` when `k` is an odd multiple of the stage's k extent (k = 8, 24).
+/// Autotune picks a kernel by timing, so a plain run would meet the broken kernel only by
+/// chance. This test forces each candidate instead: a child process (this test binary, in a
+/// scratch folder with its own autotune cache) tunes the shape once; then the cache is rewritten
+/// to select every candidate in turn, and the child checks the product against the CPU each
+/// time.
+#[test]
+fn double_buffered_matmul_with_odd_k_stages() {
+    if let Ok(k) = std::env::var(MATMUL_CHILD_ENV) {
+        odd_k_matmul_matches_cpu(k.parse().expect("k"));
+        return;
+    }
+    if wgpu_test_device().is_none() {
+        return;
+    }
+    let child = |dir: &Path, k: usize| {
+        let output = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "double_buffered_matmul_with_odd_k_stages",
+                "--nocapture",
+            ])
+            .env(MATMUL_CHILD_ENV, k.to_string())
+            .current_dir(dir)
+            .output()
+            .expect("child test process");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let mut double_buffered_checked = 0;
+    for k in [8, 24] {
+        let scratch = ScratchDir::new(&format!("odd-k-matmul-{k}"));
+        // CubeCL keeps its autotune cache in `target/` next to the nearest Cargo.toml.
+        std::fs::write(scratch.path().join("Cargo.toml"), "").unwrap();
+        let (ok, log) = child(scratch.path(), k);
+        assert!(ok, "k = {k}, autotuned: {log}");
+        let cache_files: Vec<PathBuf> = walk(&scratch.path().join("target/autotune"))
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains("matmul"))
+            .collect();
+        assert!(!cache_files.is_empty(), "no matmul autotune cache written");
+        for file in cache_files {
+            let original = std::fs::read_to_string(&file).unwrap();
+            let entries: Vec<serde_json::Value> = original
+                .lines()
+                .map(|line| serde_json::from_str(line).expect("autotune cache line"))
+                .collect();
+            for (row, entry) in entries.iter().enumerate() {
+                let candidates: Vec<(String, u64)> = entry["value"]["results"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|r| {
+                        let ok = &r["outcome"]["Ok"];
+                        Some((ok["name"].as_str()?.to_string(), ok["index"].as_u64()?))
+                    })
+                    .collect();
+                for (name, index) in candidates {
+                    let mut forced = entries.clone();
+                    forced[row]["value"]["fastest_index"] = index.into();
+                    let text: String = forced.iter().map(|e| format!("{e}\n")).collect();
+                    std::fs::write(&file, text).unwrap();
+                    let (ok, log) = child(scratch.path(), k);
+                    assert!(ok, "k = {k}, kernel {name} forced: {log}");
+                    if name.contains("double") {
+                        double_buffered_checked += 1;
+                    }
+                }
+                std::fs::write(&file, &original).unwrap();
+            }
+        }
+    }
+    assert!(
+        double_buffered_checked > 0,
+        "no double-buffered matmul was among the candidates: the test checked nothing"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                files.extend(walk(&path));
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+/// A folder under the system temp dir, removed on drop.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("clip-vis-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

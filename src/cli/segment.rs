@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use clap::{Args, ValueEnum};
 use burn::tensor::backend::Backend;
+use clap::{Args, ValueEnum};
 use clip_vis::backend::{self, DeviceKind, OnBackend};
 use clip_vis::classification::{BuiltinVocabulary, ClassifierCache, ScoreWeights, Vocabulary};
 use clip_vis::matching::{MatchConfig, Strategy};
@@ -523,10 +523,9 @@ fn demo_on<B: Backend>(mut args: DemoArgs, device: &B::Device) -> Result<()> {
             );
             clip_vis::demo::demo_model::<B>(device)?
         }
-        DemoPreset::Rn50 => clip_vis::demo::random_model::<B>(
-            &clip_vis::model::ClipVisConfig::rn50_lvis(),
-            device,
-        )?,
+        DemoPreset::Rn50 => {
+            clip_vis::demo::random_model::<B>(&clip_vis::model::ClipVisConfig::rn50_lvis(), device)?
+        }
         DemoPreset::Convnext => clip_vis::demo::random_model::<B>(
             &clip_vis::model::ClipVisConfig::convnext_b_lvis(),
             device,

@@ -42,7 +42,11 @@ impl<A: AutodiffBackend> ModuleVisitor<A> for Collect<'_, A> {
             .map(|g| g.into_data().convert::<f32>().into_vec::<f32>().unwrap());
         self.params.push((
             value.dims().to_vec(),
-            value.into_data().convert::<f32>().into_vec::<f32>().unwrap(),
+            value
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .unwrap(),
             grad,
         ));
     }
@@ -132,8 +136,13 @@ fn check_step<I: Backend>(device: &I::Device) {
     assert!(source.0.is_empty(), "draws left over");
     let (want_losses, _) = tensor(&st, "losses").unwrap();
     for (o, out) in terms.outputs.iter().enumerate() {
-        let got = [&out.object_ce, &out.mask, &out.dice, &out.iou]
-            .map(|t| (*t).clone().into_data().convert::<f32>().into_vec::<f32>().unwrap()[0]);
+        let got = [&out.object_ce, &out.mask, &out.dice, &out.iou].map(|t| {
+            (*t).clone()
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .unwrap()[0]
+        });
         close(
             &format!("output {o} losses"),
             &got,
