@@ -24,13 +24,16 @@ use std::process::Command;
 /// blocking), so equal up to rounding; the same bound the PyTorch parity tests use.
 const REL_TOL: f32 = 1e-4;
 
-fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<usize>, Vec<f32>) {
+/// A tensor read back to the host: its shape and its values.
+type HostTensor = (Vec<usize>, Vec<f32>);
+
+fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> HostTensor {
     let dims = t.dims().to_vec();
     (dims, t.into_data().convert::<f32>().into_vec().unwrap())
 }
 
 /// Max |gpu − cpu| / max |cpu| ≤ `tolerance`.
-fn assert_same(what: &str, gpu: (Vec<usize>, Vec<f32>), cpu: (Vec<usize>, Vec<f32>), tol: f32) {
+fn assert_same(what: &str, gpu: HostTensor, cpu: HostTensor, tol: f32) {
     assert_eq!(gpu.0, cpu.0, "{what}: shapes differ");
     let scale = cpu.1.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
     let (index, diff) = gpu
@@ -79,9 +82,7 @@ fn fixture_image(store: &TensorStore) -> RgbImage {
 
 /// Everything one image gives on a backend: the decoder's outputs, the masks at the original
 /// size, and the open-vocabulary logits (text tower + mask pooling + classifier).
-fn small_model_outputs<B: Backend>(
-    device: &B::Device,
-) -> Vec<(&'static str, (Vec<usize>, Vec<f32>))> {
+fn small_model_outputs<B: Backend>(device: &B::Device) -> Vec<(&'static str, HostTensor)> {
     let store = fixture("crates/clip-vis-model/tests/fixtures/clip_vis_small.safetensors");
     let model = ClipVis::<B>::load(&store, &model_config(&store), device).expect("weights");
     let output = model
@@ -132,7 +133,7 @@ fn small_clip_vis_with_open_vocabulary_logits_equals_the_cpu() {
     }
 }
 
-fn convnext_outputs<B: Backend>(device: &B::Device) -> Vec<(&'static str, (Vec<usize>, Vec<f32>))> {
+fn convnext_outputs<B: Backend>(device: &B::Device) -> Vec<(&'static str, HostTensor)> {
     let store = fixture("crates/clip-vis-clip/tests/fixtures/convnext_small.safetensors");
     let config = serde_json::from_str(&store.metadata()["config"]).expect("config");
     let clip = Clip::<B>::load(&store, &config, device).expect("weights");
