@@ -6,7 +6,7 @@
 //! - [`Cpu`]: `flex` (the default CPU backend), else `ndarray`;
 //! - [`Wgpu`] (cargo feature `wgpu`): Vulkan, Metal or DX12 through wgpu, any GPU vendor (and
 //!   Mesa's software Vulkan, lavapipe, on machines without a GPU);
-//! - [`Cuda`] (cargo feature `cuda`): NVIDIA GPUs (NVRTC loaded at run time).
+//! - `Cuda` (cargo feature `cuda`): NVIDIA GPUs (NVRTC loaded at run time).
 //!
 //! Code that should run on whichever device the user picked implements [`OnBackend`] once and
 //! calls [`run_on`]:
@@ -56,7 +56,7 @@ pub type Cuda = burn::backend::Cuda;
 pub type Default = burn::backend::Cuda;
 
 #[cfg(not(feature = "cuda"))]
-/// The compile-time default backend: [`Cpu`] (with feature `cuda`, [`Cuda`]). New code should
+/// The compile-time default backend: [`Cpu`] (with feature `cuda`, `Cuda`). New code should
 /// take a [`DeviceKind`] and call [`run_on`].
 pub type Default = Cpu;
 
