@@ -5,81 +5,44 @@
 //! detections and their RLE masks at the original size. Scores agree within 1e-4 and every
 //! mask pixel agrees, except the few the reference lists as within 1e-4 of the threshold.
 
+mod common;
+
 use burn::backend::Flex;
 use clip_vis::classification::Vocabulary;
-use clip_vis::clip::zero_shot::{l2_normalize, TextClassifier};
-use clip_vis::clip::TensorStore;
 use clip_vis::matching::{MatchConfig, Strategy};
-use clip_vis::model::{ClipVis, ClipVisConfig};
 use clip_vis::video::results::{records, ResultsWriter};
 use clip_vis::video::{VideoConfig, VideoSession};
+use common::{fixture_classifier, root, small_model, tensor_bytes, video_intermediates};
 use safetensors::SafeTensors;
 
-type Device = <Flex as burn::tensor::backend::BackendTypes>::Device;
-use std::path::PathBuf;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn model(device: &Device) -> ClipVis<Flex> {
-    let store = TensorStore::open(
-        root().join("crates/clip-vis-model/tests/fixtures/clip_vis_small.safetensors"),
-    )
-    .unwrap();
-    let meta: serde_json::Value = serde_json::from_str(&store.metadata()["config"]).unwrap();
-    let config: ClipVisConfig = serde_json::from_value(serde_json::json!({
-        "clip": meta["clip"],
-        "pixel_decoder": meta["pixel_decoder"],
-        "transformer_decoder": meta["transformer_decoder"],
-    }))
-    .unwrap();
-    ClipVis::load(&store, &config, device).unwrap()
-}
-
-fn tensor_bytes(st: &SafeTensors, name: &str) -> (Vec<u8>, Vec<usize>) {
-    let t = st.tensor(name).unwrap();
-    (t.data().to_vec(), t.shape().to_vec())
-}
-
-/// The classifier from the reference's token ids (the tiny text tower has a 1000-entry
-/// vocabulary, so the generator maps real CLIP ids into it; see gen_video.py).
-fn classifier(model: &ClipVis<Flex>, st: &SafeTensors) -> TextClassifier<Flex> {
-    let (bytes, shape) = tensor_bytes(st, "text_tokens");
-    let ids: Vec<u32> = bytes
-        .chunks_exact(4)
-        .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as u32)
-        .collect();
-    let encoded = l2_normalize(model.clip.encode_text(&ids, shape[1]).unwrap());
-    let [rows, dim] = encoded.dims();
-    let synonyms = rows / 14;
-    let embeddings = l2_normalize(
-        encoded
-            .reshape([synonyms, 14, dim])
-            .mean_dim(1)
-            .reshape([synonyms, dim]),
-    );
+/// The classifier from the reference's token ids, checked against the reference's own.
+fn classifier(
+    model: &clip_vis::model::ClipVis<Flex>,
+    st: &SafeTensors,
+) -> clip_vis::clip::zero_shot::TextClassifier<Flex> {
+    let classifier = fixture_classifier(model, st);
     let (want, _) = tensor_bytes(st, "text_classifier");
     let want: Vec<f32> = want
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
         .collect();
-    let got = embeddings.clone().into_data().into_vec::<f32>().unwrap();
+    let got = classifier
+        .embeddings
+        .clone()
+        .into_data()
+        .into_vec::<f32>()
+        .unwrap();
     for (a, b) in got.iter().zip(&want) {
         assert!((a - b).abs() < 1e-5, "text classifier {a} vs {b}");
     }
-    TextClassifier {
-        embeddings,
-        category_of: vec![0, 1, 1, 2, 3, 4, 5],
-        num_categories: 6,
-    }
+    classifier
 }
 
 fn check(k: usize) {
     let device = Default::default();
-    let model = model(&device);
+    let model = small_model::<Flex>(&device);
     let dir = root().join("tests/fixtures/video_small");
-    let bytes = std::fs::read(dir.join("expected_intermediate.safetensors")).unwrap();
+    let bytes = video_intermediates();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let expected: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join(format!("expected_k{k}.json"))).unwrap(),

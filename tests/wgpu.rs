@@ -9,14 +9,19 @@
 //! `CLIP_VIS_REQUIRE_WGPU` is set (CI sets it), where it fails.
 #![cfg(feature = "wgpu")]
 
+/// The CLIP crate's fixture helpers (the architecture recorded in a tower fixture).
+#[path = "../crates/clip-vis-clip/tests/common/mod.rs"]
+mod clip_fixtures;
+mod common;
+
 use burn::backend::{Flex, Wgpu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Distribution, Tensor};
 use clip_vis::clip::device::wgpu_test_device;
 use clip_vis::clip::preprocess::RgbImage;
-use clip_vis::clip::zero_shot::{Templates, TextClassifier};
 use clip_vis::clip::{Clip, TensorStore};
-use clip_vis::model::{ClipVis, ClipVisConfig};
+use common::{fixture_classifier, model_config, small_model_store, video_intermediates};
+use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -60,16 +65,6 @@ fn fixture(path: &str) -> TensorStore {
     TensorStore::open(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).expect("fixture")
 }
 
-fn model_config(store: &TensorStore) -> ClipVisConfig {
-    let meta: serde_json::Value = serde_json::from_str(&store.metadata()["config"]).unwrap();
-    serde_json::from_value(serde_json::json!({
-        "clip": meta["clip"],
-        "pixel_decoder": meta["pixel_decoder"],
-        "transformer_decoder": meta["transformer_decoder"],
-    }))
-    .expect("fixture config")
-}
-
 fn fixture_image(store: &TensorStore) -> RgbImage {
     let raw = store.raw("io.image").unwrap();
     RgbImage::new(
@@ -83,18 +78,19 @@ fn fixture_image(store: &TensorStore) -> RgbImage {
 /// Everything one image gives on a backend: the decoder's outputs, the masks at the original
 /// size, and the open-vocabulary logits (text tower + mask pooling + classifier).
 fn small_model_outputs<B: Backend>(device: &B::Device) -> Vec<(&'static str, HostTensor)> {
-    let store = fixture("crates/clip-vis-model/tests/fixtures/clip_vis_small.safetensors");
-    let model = ClipVis::<B>::load(&store, &model_config(&store), device).expect("weights");
+    let store = small_model_store();
+    let model = clip_vis::model::ClipVis::<B>::load(&store, &model_config(&store), device)
+        .expect("weights");
     let output = model
         .segment_image(&fixture_image(&store), device)
         .expect("inference");
     let decoder = &output.frame.decoder;
-    let classifier = TextClassifier::new(
-        &model.clip,
-        &["red disc", "blue square|box", "hard drive"],
-        Templates::Vild,
-    )
-    .expect("classifier");
+    // The text tower from token ids: the tiny tower's vocabulary has 1000 entries.
+    let intermediates = video_intermediates();
+    let classifier = fixture_classifier(
+        &model,
+        &SafeTensors::deserialize(&intermediates).expect("video fixture"),
+    );
     let [_, queries, h, w] = decoder.last.masks.dims();
     let logits = clip_vis::classification::frame_class_logits(
         &model.clip,
@@ -135,7 +131,7 @@ fn small_clip_vis_with_open_vocabulary_logits_equals_the_cpu() {
 
 fn convnext_outputs<B: Backend>(device: &B::Device) -> Vec<(&'static str, HostTensor)> {
     let store = fixture("crates/clip-vis-clip/tests/fixtures/convnext_small.safetensors");
-    let config = serde_json::from_str(&store.metadata()["config"]).expect("config");
+    let config = clip_fixtures::fixture_config(&store);
     let clip = Clip::<B>::load(&store, &config, device).expect("weights");
     let raw = store.raw("io.pixels").unwrap();
     let pixels = Tensor::<B, 4>::from_data(
