@@ -1,5 +1,5 @@
 //! The whole video pipeline: per-frame time of each stage for both presets (random weights at
-//! full size) on a 720p video resized to short side 480, beside the PyTorch reference
+//! full size) on a 480p video (480x640) and a 720p one resized to 480x853, beside the PyTorch reference
 //! (`benches/video_torch.py`) on the same threads; and the peak resident memory of
 //! `clip-vis segment` on 300- and 1000-frame 480p videos (the tiny model), which must not grow
 //! with the video.
@@ -8,7 +8,7 @@
 //!
 //! `CLIP_VIS_BENCH_FRAMES` (default 4) frames per preset; `CLIP_VIS_BENCH_MEMORY_FRAMES`
 //! (default `300,1000`, empty to skip) the memory runs; `CLIP_VIS_BENCH_PRESETS` (default
-//! `rn50,convnext`).
+//! `rn50,convnext`); `CLIP_VIS_BENCH_SIZES` (default `480x640,720x1280`) the source sizes.
 
 mod common;
 
@@ -24,8 +24,9 @@ use std::process::Command;
 
 type B = backend::Cpu;
 
-const HEIGHT: usize = 720;
-const WIDTH: usize = 1280;
+/// Source frame sizes (height x width): a 480p video (480x640, no resize) and a 720p one
+/// (resized to 480x853); override with `CLIP_VIS_BENCH_SIZES`, e.g. `480x640`.
+const DEFAULT_SIZES: &str = "480x640,720x1280";
 
 fn frames_env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
@@ -36,6 +37,7 @@ fn session_timings(
     classifier: &TextClassifier<B>,
     vocabulary: &Vocabulary,
     frames: usize,
+    (height, width): (usize, usize),
 ) -> StageTimings {
     let device = Default::default();
     let config = VideoConfig {
@@ -52,13 +54,13 @@ fn session_timings(
     .unwrap();
     for i in 0..frames {
         session
-            .push(clip_vis::demo::synthetic_frame(i, WIDTH, HEIGHT))
+            .push(clip_vis::demo::synthetic_frame(i, width, height))
             .unwrap();
     }
     session.finish().unwrap().timings
 }
 
-fn pipeline(preset: &str) {
+fn pipeline(preset: &str, sizes: &[(usize, usize)]) {
     let device = Default::default();
     let config = match preset {
         "rn50" => ClipVisConfig::rn50_lvis(),
@@ -80,14 +82,27 @@ fn pipeline(preset: &str) {
         category_of: (0..vocabulary.len()).collect(),
         num_categories: vocabulary.len(),
     };
-    session_timings(&model, &classifier, &vocabulary, 1); // warm-up
     let frames: usize = frames_env("CLIP_VIS_BENCH_FRAMES", "4").parse().unwrap();
-    let t = session_timings(&model, &classifier, &vocabulary, frames);
+    for &(height, width) in sizes {
+        session_timings(&model, &classifier, &vocabulary, 1, (height, width)); // warm-up
+        let t = session_timings(&model, &classifier, &vocabulary, frames, (height, width));
+        report(preset, &t, frames, vocabulary.len(), (height, width));
+    }
+}
+
+/// Prints one run's stages beside the reference's on the same frames and threads.
+fn report(
+    preset: &str,
+    t: &StageTimings,
+    frames: usize,
+    categories: usize,
+    (height, width): (usize, usize),
+) {
     let per = |d: std::time::Duration| d.as_secs_f64() * 1e3 / frames as f64;
-    let (vh, vw) = resized_size(HEIGHT, WIDTH, 480, 1333);
+    let (vh, vw) = resized_size(height, width, 480, 1333);
     let (ph, pw) = (vh.div_ceil(32) * 32, vw.div_ceil(32) * 32);
-    println!("video/{preset} {HEIGHT}x{WIDTH} -> {vh}x{vw} (padded {ph}x{pw}), {} categories, {frames} frames, {} threads:", vocabulary.len(), common::threads());
-    let reference = reference(preset, (ph, pw), (vh, vw), frames);
+    println!("video/{preset} {height}x{width} -> {vh}x{vw} (padded {ph}x{pw}), {categories} categories, {frames} frames, {} threads:", common::threads());
+    let reference = reference(preset, (ph, pw), (vh, vw), (height, width), frames);
     let mut total = (0.0, 0.0);
     for (name, duration) in t.stages() {
         let ours = per(duration);
@@ -123,6 +138,7 @@ fn reference(
     preset: &str,
     padded: (usize, usize),
     valid: (usize, usize),
+    original: (usize, usize),
     frames: usize,
 ) -> Option<serde_json::Value> {
     let python = std::env::var("CLIP_VIS_TORCH_PYTHON").ok()?;
@@ -157,9 +173,9 @@ fn reference(
         ])
         .args([
             "--orig-height",
-            &HEIGHT.to_string(),
+            &original.0.to_string(),
             "--orig-width",
-            &WIDTH.to_string(),
+            &original.1.to_string(),
         ])
         .output()
         .ok()?;
@@ -225,11 +241,18 @@ fn peak_memory(dir: &Path, weights: &Path, frames: usize) -> (u64, f64) {
 }
 
 fn main() {
+    let sizes: Vec<(usize, usize)> = frames_env("CLIP_VIS_BENCH_SIZES", DEFAULT_SIZES)
+        .split(',')
+        .filter_map(|s| {
+            let (h, w) = s.trim().split_once('x')?;
+            Some((h.parse().ok()?, w.parse().ok()?))
+        })
+        .collect();
     for preset in frames_env("CLIP_VIS_BENCH_PRESETS", "rn50,convnext")
         .split(',')
         .filter(|s| !s.is_empty())
     {
-        pipeline(preset);
+        pipeline(preset, &sizes);
     }
     let runs: Vec<usize> = frames_env("CLIP_VIS_BENCH_MEMORY_FRAMES", "300,1000")
         .split(',')

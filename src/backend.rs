@@ -13,7 +13,7 @@
 //!
 //! ```
 //! use burn::tensor::backend::Backend;
-//! use burn::tensor::Tensor;
+//! use burn::tensor::{ElementConversion, Tensor};
 //! use clip_vis::backend::{run_on, DeviceKind, OnBackend};
 //!
 //! struct Sum(Vec<f32>);
@@ -21,7 +21,7 @@
 //!     type Output = f32;
 //!     fn run<B: Backend>(self, device: B::Device) -> clip_vis::Result<f32> {
 //!         let t = Tensor::<B, 1>::from_floats(self.0.as_slice(), &device);
-//!         Ok(t.sum().into_scalar().into())
+//!         Ok(t.sum().into_scalar().elem::<f32>())
 //!     }
 //! }
 //! let kind: DeviceKind = "cpu".parse()?;

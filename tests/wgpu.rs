@@ -187,7 +187,7 @@ fn demo(out: &Path, device: &str) -> serde_json::Value {
         .args([
             "demo",
             "--frames",
-            "8",
+            "4",
             "--no-pictures",
             "--device",
             device,

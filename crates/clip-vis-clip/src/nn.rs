@@ -275,6 +275,66 @@ pub fn runs_on_host<B: Backend>(device: &B::Device) -> bool {
     )
 }
 
+/// Bilinear resize of `[batch, channels, height, width]` maps to `size`, PyTorch's
+/// `F.interpolate(mode="bilinear", align_corners=False)` (no antialiasing).
+///
+/// Burn 0.21's GPU backends have no backward pass for bilinear interpolation (it panics:
+/// "bilinear interpolation backward is not supported by JIT backend"). Under autodiff on those
+/// backends the resize is therefore written as two matmuls with the interpolation matrices,
+/// `A_h · X · A_wᵀ`, whose rows hold the same two weights per output pixel, so it
+/// differentiates on every backend. Everywhere else (inference, the CPU backends) it is Burn's
+/// interpolation kernel.
+pub fn resize_bilinear<B: Backend>(x: Tensor<B, 4>, size: [usize; 2]) -> Tensor<B, 4> {
+    let device = x.device();
+    if !B::ad_enabled(&device) || runs_on_host::<B>(&device) {
+        return burn::tensor::module::interpolate(
+            x,
+            size,
+            burn::tensor::ops::InterpolateOptions::new(
+                burn::tensor::ops::InterpolateMode::Bilinear,
+            )
+            .with_align_corners(false),
+        );
+    }
+    let [batch, channels, height, width] = x.dims();
+    let [out_h, out_w] = size;
+    let rows = interpolation_matrix::<B>(height, out_h, &device);
+    let columns = interpolation_matrix::<B>(width, out_w, &device);
+    let planes = batch * channels;
+    let along_width = x
+        .reshape([planes * height, width])
+        .matmul(columns.transpose())
+        .reshape([planes, height, out_w]);
+    rows.unsqueeze::<3>()
+        .expand([planes, out_h, height])
+        .matmul(along_width)
+        .reshape([batch, channels, out_h, out_w])
+}
+
+/// `[output, input]` weights of 1-D linear interpolation with `align_corners=False`, computed
+/// in f32 as PyTorch does: source `(i + 0.5) · input/output − 0.5`, clamped at 0, between
+/// index `floor` and `min(floor + 1, input − 1)`.
+fn interpolation_matrix<B: Backend>(
+    input: usize,
+    output: usize,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    let scale = input as f32 / output as f32;
+    let mut weights = vec![0f32; output * input];
+    for i in 0..output {
+        let source = (scale * (i as f32 + 0.5) - 0.5).max(0.0);
+        let low = (source as usize).min(input - 1);
+        let high = (low + 1).min(input - 1);
+        let frac = source - low as f32;
+        weights[i * input + low] += 1.0 - frac;
+        weights[i * input + high] += frac;
+    }
+    Tensor::from_data(
+        burn::tensor::TensorData::new(weights, [output, input]),
+        device,
+    )
+}
+
 /// Exact (erf) GELU, `x · Φ(x)`.
 ///
 /// On the CPU backends Burn evaluates libm's `erff` one element at a time on one thread: about
@@ -338,6 +398,39 @@ pub fn linear_flat<B: Backend, const D: usize>(
 mod tests {
     use super::*;
     use burn::tensor::Distribution;
+
+    /// The matmul form (what autodiff on a GPU backend uses) against Burn's kernel, up and
+    /// down, odd sizes included.
+    #[test]
+    fn interpolation_matrices_equal_bilinear_interpolation() {
+        type B = burn::backend::Flex;
+        let device = Default::default();
+        for (from, to) in [([6, 10], [12, 20]), ([7, 5], [16, 11]), ([12, 20], [5, 7])] {
+            let x = Tensor::<B, 4>::random(
+                [2, 3, from[0], from[1]],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            let want: Vec<f32> = resize_bilinear(x.clone(), to).into_data().to_vec().unwrap();
+            let rows = interpolation_matrix::<B>(from[0], to[0], &device);
+            let columns = interpolation_matrix::<B>(from[1], to[1], &device);
+            let got: Vec<f32> = x
+                .reshape([6 * from[0], from[1]])
+                .matmul(columns.transpose())
+                .reshape([6, from[0], to[1]])
+                .swap_dims(1, 2)
+                .reshape([6 * to[1], from[0]])
+                .matmul(rows.transpose())
+                .reshape([6, to[1], to[0]])
+                .swap_dims(1, 2)
+                .into_data()
+                .to_vec()
+                .unwrap();
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "{from:?} -> {to:?}: {a} vs {b}");
+            }
+        }
+    }
 
     #[test]
     fn host_gelu_matches_burn() {

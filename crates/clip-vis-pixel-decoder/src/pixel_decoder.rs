@@ -13,10 +13,10 @@ use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Tensor, TensorData};
-use clip_vis_clip::nn::{linear_flat, load_linear, save_linear, Conv2d, ConvSpec, LayerNorm};
+use clip_vis_clip::nn::{
+    linear_flat, load_linear, resize_bilinear, save_linear, Conv2d, ConvSpec, LayerNorm,
+};
 use clip_vis_clip::weights::join_key;
 use clip_vis_clip::{Result, TensorSink, TensorStore};
 
@@ -308,11 +308,8 @@ impl<B: Backend> MsDeformAttnPixelDecoder<B> {
             })
             .collect();
         let [_, _, h2, w2] = res2.dims();
-        let upsampled = interpolate(
-            maps[ENCODER_LEVELS - 1].clone(),
-            [h2, w2],
-            InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(false),
-        );
+        // Differentiable on every backend (the GPU backends lack bilinear backward).
+        let upsampled = resize_bilinear(maps[ENCODER_LEVELS - 1].clone(), [h2, w2]);
         let fpn = relu(
             self.layer_1
                 .forward(self.adapter_1.forward(res2) + upsampled),

@@ -29,20 +29,26 @@ pub fn sine_position_encoding<B: Backend>(
     let embed = |index: usize, size: usize| {
         ((index + 1) as f32 / ((size as f32) + EPS as f32)) * scale as f32
     };
+    // The `y` half depends only on (feature, row), the `x` half only on (feature, column):
+    // evaluate each sine once per row or column (features · (H + W) calls instead of
+    // features · H · W; the map is rebuilt for every frame) and broadcast.
+    let wave = |k: usize, v: f32| {
+        if k % 2 == 0 {
+            v.sin()
+        } else {
+            v.cos()
+        }
+    };
     let mut values = vec![0f32; channels * height * width];
     for k in 0..features {
         let f = frequency(k);
+        let row_values: Vec<f32> = (0..width).map(|j| wave(k, embed(j, width) / f)).collect();
         for i in 0..height {
-            for j in 0..width {
-                let (y, x) = (embed(i, height) / f, embed(j, width) / f);
-                let (py, px) = if k % 2 == 0 {
-                    (y.sin(), x.sin())
-                } else {
-                    (y.cos(), x.cos())
-                };
-                values[(k * height + i) * width + j] = py;
-                values[((features + k) * height + i) * width + j] = px;
-            }
+            let py = wave(k, embed(i, height) / f);
+            let y_row = (k * height + i) * width;
+            values[y_row..y_row + width].fill(py);
+            let x_row = ((features + k) * height + i) * width;
+            values[x_row..x_row + width].copy_from_slice(&row_values);
         }
     }
     Tensor::from_data(TensorData::new(values, [channels, height, width]), device)
