@@ -33,7 +33,7 @@ pub fn sine_position_encoding<B: Backend>(
     // evaluate each sine once per row or column (features · (H + W) calls instead of
     // features · H · W; the map is rebuilt for every frame) and broadcast.
     let wave = |k: usize, v: f32| {
-        if k % 2 == 0 {
+        if k.is_multiple_of(2) {
             v.sin()
         } else {
             v.cos()
