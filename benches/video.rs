@@ -243,9 +243,13 @@ fn peak_memory(dir: &Path, weights: &Path, frames: usize) -> (u64, f64) {
 fn main() {
     let sizes: Vec<(usize, usize)> = frames_env("CLIP_VIS_BENCH_SIZES", DEFAULT_SIZES)
         .split(',')
-        .filter_map(|s| {
-            let (h, w) = s.trim().split_once('x')?;
-            Some((h.parse().ok()?, w.parse().ok()?))
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            let parsed = s
+                .trim()
+                .split_once('x')
+                .and_then(|(h, w)| Some((h.parse().ok()?, w.parse().ok()?)));
+            parsed.unwrap_or_else(|| panic!("CLIP_VIS_BENCH_SIZES: `{s}` is not HEIGHTxWIDTH"))
         })
         .collect();
     for preset in frames_env("CLIP_VIS_BENCH_PRESETS", "rn50,convnext")

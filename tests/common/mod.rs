@@ -84,6 +84,6 @@ pub fn fixture_classifier<B: Backend>(model: &ClipVis<B>, st: &SafeTensors) -> T
     TextClassifier {
         embeddings,
         category_of: FIXTURE_CATEGORY_OF.to_vec(),
-        num_categories: 6,
+        num_categories: FIXTURE_CATEGORY_OF[FIXTURE_CATEGORY_OF.len() - 1] + 1,
     }
 }

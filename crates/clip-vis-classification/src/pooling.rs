@@ -3,9 +3,8 @@
 use std::collections::HashMap;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::Tensor;
+use clip_vis_clip::nn::resize_bilinear;
 use clip_vis_clip::zero_shot::{Templates, TextClassifier};
 use clip_vis_clip::{Clip, Result};
 
@@ -72,10 +71,9 @@ pub fn frame_class_logits<B: Backend>(
 ) -> Result<Tensor<B, 2>> {
     let [_, _, height, width] = res5.dims();
     let [queries, mask_h, mask_w] = mask_logits.dims();
-    let resized = interpolate(
+    let resized = resize_bilinear(
         mask_logits.reshape([1, queries, mask_h, mask_w]),
         [height, width],
-        InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(false),
     )
     .reshape([queries, height, width]);
     let embeddings = clip.embed_masks(res5, resized.greater_elem(0.0))?;

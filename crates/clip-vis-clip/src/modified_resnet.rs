@@ -7,15 +7,15 @@
 
 use crate::config::ModifiedResNetConfig;
 use crate::error::Result;
-use crate::nn::{load_linear, Conv2d, ConvSpec};
+use crate::nn::{load_linear, resize_bilinear, Conv2d, ConvSpec};
 use crate::weights::TensorStore;
 use crate::FeatureMaps;
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::{attention, avg_pool2d, interpolate};
-use burn::tensor::ops::{AttentionModuleOptions, InterpolateMode, InterpolateOptions};
+use burn::tensor::module::{attention, avg_pool2d};
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor};
 
 /// `nn.AvgPool2d(k)`: kernel = stride = `k`, no padding, floor mode.
@@ -189,11 +189,7 @@ impl<B: Backend> AttentionPool2d<B> {
         let resized = if (grid, grid) == (height, width) {
             spatial
         } else {
-            interpolate(
-                spatial,
-                [height, width],
-                InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(false),
-            )
+            resize_bilinear(spatial, [height, width])
         };
         resized.reshape([channels, height * width]).transpose()
     }

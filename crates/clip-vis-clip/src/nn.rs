@@ -276,7 +276,8 @@ pub fn runs_on_host<B: Backend>(device: &B::Device) -> bool {
 }
 
 /// Bilinear resize of `[batch, channels, height, width]` maps to `size`, PyTorch's
-/// `F.interpolate(mode="bilinear", align_corners=False)` (no antialiasing).
+/// `F.interpolate(mode="bilinear", align_corners=False)` (no antialiasing); every bilinear
+/// resize of the project goes through it.
 ///
 /// Burn 0.21's GPU backends have no backward pass for bilinear interpolation (it panics:
 /// "bilinear interpolation backward is not supported by JIT backend"). Under autodiff on those
@@ -296,6 +297,12 @@ pub fn resize_bilinear<B: Backend>(x: Tensor<B, 4>, size: [usize; 2]) -> Tensor<
             .with_align_corners(false),
         );
     }
+    resize_by_matrices(x, size)
+}
+
+/// [`resize_bilinear`] as `A_h · X · A_wᵀ`: differentiable wherever matmul is.
+fn resize_by_matrices<B: Backend>(x: Tensor<B, 4>, size: [usize; 2]) -> Tensor<B, 4> {
+    let device = x.device();
     let [batch, channels, height, width] = x.dims();
     let [out_h, out_w] = size;
     let rows = interpolation_matrix::<B>(height, out_h, &device);
@@ -399,8 +406,8 @@ mod tests {
     use super::*;
     use burn::tensor::Distribution;
 
-    /// The matmul form (what autodiff on a GPU backend uses) against Burn's kernel, up and
-    /// down, odd sizes included.
+    /// The matmul form (what autodiff on a GPU backend uses) against Burn's kernel (what
+    /// `resize_bilinear` runs on Flex), up and down, odd sizes included.
     #[test]
     fn interpolation_matrices_equal_bilinear_interpolation() {
         type B = burn::backend::Flex;
@@ -412,20 +419,7 @@ mod tests {
                 &device,
             );
             let want: Vec<f32> = resize_bilinear(x.clone(), to).into_data().to_vec().unwrap();
-            let rows = interpolation_matrix::<B>(from[0], to[0], &device);
-            let columns = interpolation_matrix::<B>(from[1], to[1], &device);
-            let got: Vec<f32> = x
-                .reshape([6 * from[0], from[1]])
-                .matmul(columns.transpose())
-                .reshape([6, from[0], to[1]])
-                .swap_dims(1, 2)
-                .reshape([6 * to[1], from[0]])
-                .matmul(rows.transpose())
-                .reshape([6, to[1], to[0]])
-                .swap_dims(1, 2)
-                .into_data()
-                .to_vec()
-                .unwrap();
+            let got: Vec<f32> = resize_by_matrices(x, to).into_data().to_vec().unwrap();
             for (a, b) in got.iter().zip(&want) {
                 assert!((a - b).abs() < 1e-5, "{from:?} -> {to:?}: {a} vs {b}");
             }

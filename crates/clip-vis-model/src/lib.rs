@@ -11,10 +11,9 @@
 
 use burn::module::Module;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::Tensor;
 use clip_vis_clip::model::{detect_config, CLIP_VIS_PREFIX};
+use clip_vis_clip::nn::resize_bilinear;
 use clip_vis_clip::preprocess::{normalize_and_pad, RgbImage};
 use clip_vis_clip::{Clip, ClipConfig, ClipError, FeatureMaps, TensorSink, TensorStore};
 use clip_vis_pixel_decoder::{MsDeformAttnPixelDecoder, PixelDecoderConfig};
@@ -331,13 +330,12 @@ pub fn masks_to_original<B: Backend>(
     valid: (usize, usize),
     original: (usize, usize),
 ) -> Tensor<B, 4> {
-    let options = || InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(false);
     let [batch, queries, _, _] = masks.dims();
-    let upsampled = interpolate(masks, [padded.0, padded.1], options());
+    let upsampled = resize_bilinear(masks, [padded.0, padded.1]);
     let cropped = upsampled.slice([0..batch, 0..queries, 0..valid.0, 0..valid.1]);
     if valid == original {
         cropped
     } else {
-        interpolate(cropped, [original.0, original.1], options())
+        resize_bilinear(cropped, [original.0, original.1])
     }
 }

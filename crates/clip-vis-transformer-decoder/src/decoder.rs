@@ -14,10 +14,8 @@ use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Bool, Tensor};
-use clip_vis_clip::nn::{linear_flat, load_linear, save_linear, LayerNorm};
+use clip_vis_clip::nn::{linear_flat, load_linear, resize_bilinear, save_linear, LayerNorm};
 use clip_vis_clip::weights::join_key;
 use clip_vis_clip::{Result, TensorSink, TensorStore};
 use clip_vis_pixel_decoder::position_encoding::sine_position_tokens;
@@ -314,11 +312,7 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
             .reshape([batch, queries, h4, w4]);
         let ious = sigmoid(self.iou_head.forward(decoded));
         let (h, w) = target;
-        let resized = interpolate(
-            masks.clone(),
-            [h, w],
-            InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(false),
-        );
+        let resized = resize_bilinear(masks.clone(), [h, w]);
         let blocked = sigmoid(resized)
             .reshape([batch, queries, h * w])
             .lower_elem(0.5);
