@@ -8,13 +8,16 @@
 
 use crate::config::ConvNextConfig;
 use crate::error::Result;
-use crate::nn::{gelu, linear_flat, load_linear, Conv2d, ConvSpec, LayerNorm};
+use crate::host;
+use crate::nn::{gelu, is_host_backend, linear_flat, load_linear, Conv2d, ConvSpec, LayerNorm};
 use crate::weights::TensorStore;
 use crate::FeatureMaps;
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
+use rayon::prelude::*;
+use std::sync::Arc;
 
 /// timm ConvNeXt LayerNorm epsilon.
 const LAYER_NORM_EPS: f64 = 1e-6;
@@ -95,6 +98,9 @@ pub struct ConvNext<B: Backend> {
     head_norm: LayerNorm<B>,
     /// `head.proj`, `[dims[3], embed_dim]`, no bias.
     proj: Linear<B>,
+    /// The trunk's weights laid out for the host kernels, on the CPU backends without autodiff
+    /// (where [`ConvNext::features`] runs them); `None` elsewhere.
+    host: Option<Arc<HostTrunk>>,
 }
 
 impl<B: Backend> ConvNext<B> {
@@ -139,7 +145,7 @@ impl<B: Backend> ConvNext<B> {
                 .collect::<Result<Vec<_>>>()?;
             stages.push(ConvNextStage { downsample, blocks });
         }
-        Ok(Self {
+        let mut model = Self {
             stem_conv: Conv2d::load(
                 store,
                 &k("stem.0"),
@@ -157,12 +163,29 @@ impl<B: Backend> ConvNext<B> {
                 false,
                 device,
             )?,
-        })
+            host: None,
+        };
+        if is_host_backend::<B>(device) {
+            model.host = Some(Arc::new(HostTrunk::from_module(&model)));
+        }
+        Ok(model)
     }
 
     /// Stem (stride 4) and `res2..res5` (strides 4..32) of a normalised `[batch, 3, H, W]`
     /// image.
+    ///
+    /// On the CPU backends (without autodiff) this runs the host kernels of [`crate::host`]
+    /// channels-last; elsewhere, and in [`ConvNext::features_reference`], Burn's tensor ops.
     pub fn features(&self, pixels: Tensor<B, 4>) -> FeatureMaps<B> {
+        match &self.host {
+            Some(host) => host.features(pixels),
+            None => self.features_reference(pixels),
+        }
+    }
+
+    /// [`ConvNext::features`] by Burn's tensor ops on any backend: the reference the host
+    /// kernels are tested against.
+    pub fn features_reference(&self, pixels: Tensor<B, 4>) -> FeatureMaps<B> {
         let stem = self
             .stem_norm
             .forward_channels_first(self.stem_conv.forward(pixels));
@@ -186,5 +209,181 @@ impl<B: Backend> ConvNext<B> {
         let [batch, channels, _, _] = res5.dims();
         let pooled = res5.mean_dim(3).mean_dim(2).reshape([batch, channels]);
         self.project(pooled)
+    }
+}
+
+/// The values of a float tensor, as `f32`.
+fn values<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("converted to f32 above")
+}
+
+fn row_norm<B: Backend>(norm: &LayerNorm<B>) -> host::RowNorm {
+    host::RowNorm {
+        gamma: values(norm.gamma.val()),
+        beta: values(norm.beta.val()),
+        epsilon: norm.epsilon as f32,
+    }
+}
+
+fn patchify<B: Backend>(conv: &Conv2d<B>) -> host::Patchify {
+    let [_, channels_in, kernel, _] = conv.weight.dims();
+    let bias = values(conv.bias.as_ref().expect("ConvNeXt convolutions have a bias").val());
+    host::Patchify::from_torch(&values(conv.weight.val()), bias, channels_in, kernel)
+}
+
+/// One block's weights for the host kernels.
+#[derive(Debug)]
+struct HostBlock {
+    conv_dw: host::Depthwise,
+    norm: host::RowNorm,
+    /// `[dim, 4 dim]` and its bias.
+    fc1: (Vec<f32>, Vec<f32>),
+    /// `[4 dim, dim]` and its bias.
+    fc2: (Vec<f32>, Vec<f32>),
+    gamma: Vec<f32>,
+}
+
+/// Rows of one fused MLP tile: small enough for the hidden tile (`rows x 4 dim`) to stay in
+/// the core's cache, large enough for the matrix products to run at full speed.
+const TILE_ROWS: usize = 128;
+
+impl HostBlock {
+    fn from_module<B: Backend>(block: &ConvNextBlock<B>) -> Self {
+        let [_, _, kernel, _] = block.conv_dw.weight.dims();
+        let linear = |l: &Linear<B>| {
+            let bias = l.bias.as_ref().expect("ConvNeXt MLPs have a bias").val();
+            (values(l.weight.val()), values(bias))
+        };
+        Self {
+            conv_dw: host::Depthwise::from_torch(
+                &values(block.conv_dw.weight.val()),
+                values(block.conv_dw.bias.as_ref().expect("depthwise bias").val()),
+                kernel,
+            ),
+            norm: row_norm(&block.norm),
+            fc1: linear(&block.fc1),
+            fc2: linear(&block.fc2),
+            gamma: values(block.gamma.val()),
+        }
+    }
+
+    /// `x += gamma · fc2(gelu(fc1(LN(dwconv(x)))))` on channels-last `[batch, h, w, dim]`.
+    fn forward(&self, x: &mut [f32], batch: usize, h: usize, w: usize) {
+        let dim = self.gamma.len();
+        let rows = batch * h * w;
+        let mut branch = self.conv_dw.forward(x, batch, h, w);
+        let threads = rayon::current_num_threads();
+        if rows.div_ceil(TILE_ROWS) >= 4 * threads {
+            // Many tiles: each thread runs the whole MLP on its tiles, one product at a time
+            // on one core, so the hidden activations never leave its cache.
+            branch
+                .par_chunks_mut(TILE_ROWS * dim)
+                .zip(x.par_chunks_mut(TILE_ROWS * dim))
+                .for_each(|(branch, x)| self.mlp(branch, x, 1));
+        } else {
+            // Few rows (the last stages): whole-matrix products split by `gemm` itself.
+            self.mlp(&mut branch, x, threads);
+        }
+    }
+
+    /// LN, fc1, GELU, fc2, layer scale and residual on `rows x dim` tiles.
+    fn mlp(&self, branch: &mut [f32], x: &mut [f32], threads: usize) {
+        let dim = self.gamma.len();
+        let hidden_dim = self.fc1.1.len();
+        let rows = branch.len() / dim;
+        if threads > 1 {
+            self.norm.apply(branch);
+        } else {
+            self.norm.apply_serial(branch);
+        }
+        let mut hidden = vec![0f32; rows * hidden_dim];
+        host::fill_rows(&mut hidden, &self.fc1.1);
+        host::matmul(
+            rows, dim, hidden_dim, branch, dim, &self.fc1.0, &mut hidden, true, threads,
+        );
+        if threads > 1 {
+            hidden
+                .par_chunks_mut(1 << 14)
+                .for_each(host::gelu_in_place);
+        } else {
+            host::gelu_in_place(&mut hidden);
+        }
+        host::fill_rows(branch, &self.fc2.1);
+        host::matmul(
+            rows, hidden_dim, dim, &hidden, hidden_dim, &self.fc2.0, branch, true, threads,
+        );
+        if threads > 1 {
+            x.par_chunks_mut(256 * dim)
+                .zip(branch.par_chunks(256 * dim))
+                .for_each(|(x, y)| host::add_scaled_rows(x, y, &self.gamma));
+        } else {
+            host::add_scaled_rows(x, branch, &self.gamma);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct HostStage {
+    downsample: Option<(host::RowNorm, host::Patchify)>,
+    blocks: Vec<HostBlock>,
+}
+
+/// The ConvNeXt trunk (stem to res5) prepared once for the host kernels: weights in the
+/// layouts the kernels read, activations channels-last from the stem to the last stage.
+#[derive(Debug)]
+pub struct HostTrunk {
+    stem: host::Patchify,
+    stem_norm: host::RowNorm,
+    stages: Vec<HostStage>,
+}
+
+impl HostTrunk {
+    fn from_module<B: Backend>(model: &ConvNext<B>) -> Self {
+        Self {
+            stem: patchify(&model.stem_conv),
+            stem_norm: row_norm(&model.stem_norm),
+            stages: model
+                .stages
+                .iter()
+                .map(|stage| HostStage {
+                    downsample: stage
+                        .downsample
+                        .as_ref()
+                        .map(|d| (row_norm(&d.norm), patchify(&d.conv))),
+                    blocks: stage.blocks.iter().map(HostBlock::from_module).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn features<B: Backend>(&self, pixels: Tensor<B, 4>) -> FeatureMaps<B> {
+        let device = pixels.device();
+        let [batch, channels, h, w] = pixels.dims();
+        let to_tensor = |x: &[f32], h: usize, w: usize| {
+            let channels = x.len() / (batch * h * w);
+            let planar = host::to_channels_first(x, batch, h * w, channels);
+            Tensor::<B, 4>::from_data(TensorData::new(planar, [batch, channels, h, w]), &device)
+        };
+        let input = host::to_channels_last(&values(pixels), batch, channels, h * w);
+        let (mut x, mut h, mut w) = self.stem.forward(&input, batch, h, w);
+        self.stem_norm.apply(&mut x);
+        let stem = to_tensor(&x, h, w);
+        let mut levels = Vec::with_capacity(self.stages.len());
+        for stage in &self.stages {
+            if let Some((norm, conv)) = &stage.downsample {
+                let mut normed = x.clone();
+                norm.apply(&mut normed);
+                (x, h, w) = conv.forward(&normed, batch, h, w);
+            }
+            for block in &stage.blocks {
+                block.forward(&mut x, batch, h, w);
+            }
+            levels.push(to_tensor(&x, h, w));
+        }
+        FeatureMaps::from_stages(stem, levels)
     }
 }

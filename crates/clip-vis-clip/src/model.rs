@@ -123,6 +123,15 @@ impl<B: Backend> Clip<B> {
         }
     }
 
+    /// [`Clip::features`] by Burn's tensor ops on every backend, never the host kernels the CPU
+    /// backends run: the reference those kernels are tested against.
+    pub fn features_reference(&self, pixels: Tensor<B, 4>) -> FeatureMaps<B> {
+        match &self.visual {
+            VisionTower::ModifiedResNet(m) => m.features(pixels),
+            VisionTower::ConvNext(m) => m.features_reference(pixels),
+        }
+    }
+
     /// Global image embedding (unnormalised) from `res5`, `[batch, embed_dim]`.
     ///
     /// For RN50 the attention pool's positional embedding fixes the grid: `res5` must be

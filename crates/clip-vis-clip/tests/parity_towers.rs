@@ -15,7 +15,20 @@ use clip_vis_clip::preprocess::SIZE_DIVISIBILITY;
 use clip_vis_clip::Clip;
 use common::{assert_close, fixture, fixture_config, io};
 
+/// Which implementation of the image trunk a check runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Trunk {
+    /// `Clip::features`: the host kernels on the CPU backends, Burn's ops elsewhere.
+    Default,
+    /// `Clip::features_reference`: Burn's ops everywhere.
+    Reference,
+}
+
 fn check_model<B: Backend>(name: &str, device: &B::Device) {
+    check_model_with::<B>(name, device, Trunk::Default)
+}
+
+fn check_model_with<B: Backend>(name: &str, device: &B::Device, trunk: Trunk) {
     let store = fixture(name);
     let config = fixture_config(&store);
     let clip = Clip::<B>::load(&store, &config, device).expect("fixture weights load");
@@ -33,7 +46,10 @@ fn check_model<B: Backend>(name: &str, device: &B::Device) {
         padded.clone(),
         io::<B, 4>(&store, "pixels_padded", device),
     );
-    let features = clip.features(padded);
+    let features = match trunk {
+        Trunk::Default => clip.features(padded),
+        Trunk::Reference => clip.features_reference(padded),
+    };
     assert_close(
         &format!("{name} stem"),
         features.stem,
@@ -100,6 +116,41 @@ fn rn50_small_matches_open_clip_on_flex() {
 #[test]
 fn convnext_small_matches_open_clip_on_flex() {
     check_model::<burn::backend::Flex>("convnext_small.safetensors", &Default::default());
+}
+
+/// Burn's tensor-op trunk on the CPU too (the GPU backends' path), so both implementations of
+/// each trunk are held against PyTorch here.
+#[test]
+fn reference_trunks_match_open_clip_on_flex() {
+    for name in ["rn50_small.safetensors", "convnext_small.safetensors"] {
+        check_model_with::<burn::backend::Flex>(name, &Default::default(), Trunk::Reference);
+    }
+}
+
+/// The host trunk against the tensor-op one on a batch of two non-square random images (the
+/// fixture has one): batching, a remainder-free but unequal height and width.
+#[test]
+fn host_trunk_equals_reference_trunk_on_a_batch() {
+    type B = burn::backend::Flex;
+    let device = Default::default();
+    let store = fixture("convnext_small.safetensors");
+    let clip = Clip::<B>::load(&store, &fixture_config(&store), &device).expect("weights");
+    let pixels = Tensor::<B, 4>::random(
+        [2, 3, 96, 160],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let host = clip.features(pixels.clone());
+    let reference = clip.features_reference(pixels);
+    for (level, ours, theirs) in [
+        ("stem", host.stem, reference.stem),
+        ("res2", host.res2, reference.res2),
+        ("res3", host.res3, reference.res3),
+        ("res4", host.res4, reference.res4),
+        ("res5", host.res5, reference.res5),
+    ] {
+        assert_close(&format!("batched {level}"), ours, theirs);
+    }
 }
 
 #[test]

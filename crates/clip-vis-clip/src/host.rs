@@ -1,0 +1,534 @@
+//! Host (CPU) inference kernels on channels-last `f32` buffers.
+//!
+//! The CLIP towers are frozen, so on the CPU backends their inference can skip the general
+//! tensor machinery: weights are laid out once at load in the form the matrix product wants,
+//! activations stay channels-last (`[pixels, channels]`, one row per pixel) from the stem to the
+//! last stage, and the elementwise work (bias, LayerNorm, GELU, layer scale, residual) runs
+//! fused on row tiles that are still in cache after the product that made them. Burn's generic
+//! ops on the same model stay the reference these kernels are tested against
+//! (`convnext::tests`).
+//!
+//! Matrix products go through the `gemm` crate (the one Burn's CPU backend uses, with its
+//! AVX-512 kernels chosen at run time). The elementwise loops are plain Rust compiled three
+//! times, for AVX-512, AVX2+FMA and the baseline, and picked once by CPU detection
+//! ([`multiversion!`]): without it they would be compiled for SSE2 only.
+
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// The widest instruction set the running CPU offers among those the kernels are built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Level {
+    /// AVX-512 (F, VL) with AVX2 and FMA.
+    V4,
+    /// AVX2 with FMA.
+    V3,
+    /// The compilation target's baseline.
+    Base,
+}
+
+/// Detected once per process.
+pub(crate) fn level() -> Level {
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let v3 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            if v3 && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
+                return Level::V4;
+            }
+            if v3 {
+                return Level::V3;
+            }
+        }
+        Level::Base
+    })
+}
+
+/// Defines `fn name(args)` whose body is compiled for each [`Level`] and run at the best one the
+/// CPU has. The body is an `#[inline(always)]` function inlined into `#[target_feature]`
+/// wrappers, so the compiler vectorises it with that level's registers.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                unsafe fn v4($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v3($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                match level() {
+                    // SAFETY: `level()` detected these features on the running CPU.
+                    Level::V4 => return unsafe { v4($($arg),*) },
+                    Level::V3 => return unsafe { v3($($arg),*) },
+                    Level::Base => {}
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+/// Lanes of the chunked accumulators: wide enough for one AVX-512 register, so that a sum over
+/// a row vectorises (float addition is not reassociated by the compiler on its own).
+const LANES: usize = 16;
+
+/// Row-major `[m, n]` output of `a · b` (+ `out` when `accumulate`), `a` `[m, k]` with row
+/// stride `lda`, `b` `[k, n]` row-major. `threads > 1` lets `gemm` split the product.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    out: &mut [f32],
+    accumulate: bool,
+    threads: usize,
+) {
+    assert!(m == 0 || a.len() >= (m - 1) * lda + k, "matmul: lhs too short");
+    assert!(b.len() >= k * n && out.len() >= m * n, "matmul: rhs or output too short");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let parallelism = if threads > 1 && m * n * k >= 1 << 18 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above keep every strided access inside the slices; `out` does not
+    // alias `a` or `b` (it is borrowed mutably).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            1,
+            lda as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Fills every `[.., width]` row of `out` with `row`.
+pub(crate) fn fill_rows(out: &mut [f32], row: &[f32]) {
+    for chunk in out.chunks_exact_mut(row.len()) {
+        chunk.copy_from_slice(row);
+    }
+}
+
+/// A LayerNorm over the channels of channels-last rows (PyTorch `nn.LayerNorm`, biased
+/// variance).
+#[derive(Debug, Clone)]
+pub(crate) struct RowNorm {
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+    pub epsilon: f32,
+}
+
+impl RowNorm {
+    /// Normalises every row of `x` (`[rows, gamma.len()]`) in place, rows spread over threads.
+    pub fn apply(&self, x: &mut [f32]) {
+        let width = self.gamma.len();
+        let rows_per_task = (1 << 14) / width.max(1) + 1;
+        x.par_chunks_mut(rows_per_task * width)
+            .for_each(|rows| self.apply_serial(rows));
+    }
+
+    /// [`RowNorm::apply`] on the calling thread.
+    pub fn apply_serial(&self, x: &mut [f32]) {
+        layer_norm_rows(x, &self.gamma, &self.beta, self.epsilon);
+    }
+}
+
+multiversion! {
+    fn layer_norm_rows(x: &mut [f32], gamma: &[f32], beta: &[f32], epsilon: f32) {
+        let width = gamma.len();
+        for row in x.chunks_exact_mut(width) {
+            let mean = sum(row) / width as f32;
+            let mut acc = [0f32; LANES];
+            let mut chunks = row.chunks_exact(LANES);
+            for chunk in &mut chunks {
+                for i in 0..LANES {
+                    let d = chunk[i] - mean;
+                    acc[i] += d * d;
+                }
+            }
+            let mut squares: f32 = chunks.remainder().iter().map(|v| (v - mean) * (v - mean)).sum();
+            squares += acc.iter().sum::<f32>();
+            let inv = 1.0 / (squares / width as f32 + epsilon).sqrt();
+            for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+                *v = (*v - mean) * inv * g + b;
+            }
+        }
+    }
+}
+
+/// Sum of a row with [`LANES`] independent accumulators (vectorisable).
+#[inline(always)]
+fn sum(row: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for i in 0..LANES {
+            acc[i] += chunk[i];
+        }
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
+multiversion! {
+    /// Exact (erf) GELU in place, with the same A&S 7.1.26 `erf` as `nn::gelu` (absolute error
+    /// below 1.5e-7) and a branch-free `exp` so that the loop vectorises.
+    pub(crate) fn gelu_in_place(x: &mut [f32]) {
+        for v in x.iter_mut() {
+            *v = gelu_scalar(*v);
+        }
+    }
+}
+
+/// `0.5 x (1 + erf(x / √2))`, A&S 7.1.26 for `erf` (as `nn::gelu_scalar`), with [`exp_neg`].
+#[inline(always)]
+fn gelu_scalar(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [
+        0.254_829_6,
+        -0.284_496_74,
+        1.421_413_8,
+        -1.453_152_1,
+        1.061_405_4,
+    ];
+    let z = (x * std::f32::consts::FRAC_1_SQRT_2).abs();
+    let t = 1.0 / (1.0 + P * z);
+    let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
+    let erf_abs = 1.0 - poly * exp_neg(-z * z);
+    let erf = if x < 0.0 { -erf_abs } else { erf_abs };
+    0.5 * x * (1.0 + erf)
+}
+
+/// `e^x` for `x ≤ 0` (Cephes `expf`: `x = n ln 2 + r`, a degree-5 polynomial in `r`, `2^n` by
+/// exponent bits; relative error about 1e-7), flushing to 0 below −87. Branch-free so that it
+/// vectorises.
+#[inline(always)]
+fn exp_neg(x: f32) -> f32 {
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_2e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let e = p * r * r + r + 1.0;
+    // n ∈ [-126, 0]: a normal power of two.
+    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+multiversion! {
+    /// `x += gamma ⊙ y` row by row (`gamma` one row long).
+    pub(crate) fn add_scaled_rows(x: &mut [f32], y: &[f32], gamma: &[f32]) {
+        let width = gamma.len();
+        for (xr, yr) in x.chunks_exact_mut(width).zip(y.chunks_exact(width)) {
+            for ((a, b), g) in xr.iter_mut().zip(yr).zip(gamma) {
+                *a += g * b;
+            }
+        }
+    }
+}
+
+/// A depthwise `k x k` convolution (stride 1, zero padding `k / 2`) on channels-last maps.
+#[derive(Debug, Clone)]
+pub(crate) struct Depthwise {
+    /// `[k · k, channels]`: tap-major, so one tap's weights over the channels are contiguous.
+    pub weight: Vec<f32>,
+    /// `[channels]`.
+    pub bias: Vec<f32>,
+    pub kernel: usize,
+}
+
+impl Depthwise {
+    /// From PyTorch's `[channels, 1, k, k]` weight.
+    pub fn from_torch(weight: &[f32], bias: Vec<f32>, kernel: usize) -> Self {
+        let channels = bias.len();
+        let taps = kernel * kernel;
+        let mut packed = vec![0f32; taps * channels];
+        for c in 0..channels {
+            for t in 0..taps {
+                packed[t * channels + c] = weight[c * taps + t];
+            }
+        }
+        Self {
+            weight: packed,
+            bias,
+            kernel,
+        }
+    }
+
+    /// `[batch, h, w, channels]` → same shape; output rows spread over threads.
+    pub fn forward(&self, x: &[f32], batch: usize, h: usize, w: usize) -> Vec<f32> {
+        let channels = self.bias.len();
+        let mut out = vec![0f32; batch * h * w * channels];
+        out.par_chunks_mut(w * channels)
+            .enumerate()
+            .for_each(|(row, out_row)| {
+                let (b, y) = (row / h, row % h);
+                let image = &x[b * h * w * channels..(b + 1) * h * w * channels];
+                depthwise_row(
+                    image,
+                    out_row,
+                    &self.weight,
+                    &self.bias,
+                    self.kernel,
+                    h,
+                    w,
+                    y,
+                );
+            });
+        out
+    }
+}
+
+multiversion! {
+    #[allow(clippy::too_many_arguments)]
+    fn depthwise_row(
+        image: &[f32],
+        out_row: &mut [f32],
+        weight: &[f32],
+        bias: &[f32],
+        kernel: usize,
+        h: usize,
+        w: usize,
+        y: usize,
+    ) {
+        let channels = bias.len();
+        let pad = kernel / 2;
+        fill_rows(out_row, bias);
+        for ky in 0..kernel {
+            let sy = y + ky;
+            if sy < pad || sy - pad >= h {
+                continue;
+            }
+            let in_row = &image[(sy - pad) * w * channels..(sy - pad + 1) * w * channels];
+            for kx in 0..kernel {
+                let taps = &weight[(ky * kernel + kx) * channels..(ky * kernel + kx + 1) * channels];
+                // Output columns whose source column `x + kx - pad` lies inside the map.
+                let x_lo = pad.saturating_sub(kx);
+                let x_hi = (w + pad).saturating_sub(kx).min(w);
+                for x in x_lo..x_hi {
+                    let sx = x + kx - pad;
+                    let o = &mut out_row[x * channels..(x + 1) * channels];
+                    let i = &in_row[sx * channels..(sx + 1) * channels];
+                    for ((o, i), t) in o.iter_mut().zip(i).zip(taps) {
+                        *o += t * i;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A convolution whose stride equals its kernel (ConvNeXt's stem and downsampling layers):
+/// each output pixel reads its own `k x k` patch, so it is one matrix product over patches.
+#[derive(Debug, Clone)]
+pub(crate) struct Patchify {
+    /// `[k · k · c_in, c_out]`, rows ordered (ky, kx, c_in) like a channels-last patch.
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub kernel: usize,
+    pub channels_in: usize,
+}
+
+impl Patchify {
+    /// From PyTorch's `[c_out, c_in, k, k]` weight.
+    pub fn from_torch(weight: &[f32], bias: Vec<f32>, channels_in: usize, kernel: usize) -> Self {
+        let channels_out = bias.len();
+        let rows = kernel * kernel * channels_in;
+        let mut packed = vec![0f32; rows * channels_out];
+        for o in 0..channels_out {
+            for c in 0..channels_in {
+                for ky in 0..kernel {
+                    for kx in 0..kernel {
+                        let row = (ky * kernel + kx) * channels_in + c;
+                        packed[row * channels_out + o] =
+                            weight[((o * channels_in + c) * kernel + ky) * kernel + kx];
+                    }
+                }
+            }
+        }
+        Self {
+            weight: packed,
+            bias,
+            kernel,
+            channels_in,
+        }
+    }
+
+    /// `[batch, h, w, c_in]` → (`[batch, h / k, w / k, c_out]`, h / k, w / k); a remainder
+    /// smaller than the kernel is dropped, as PyTorch's convolution does.
+    pub fn forward(&self, x: &[f32], batch: usize, h: usize, w: usize) -> (Vec<f32>, usize, usize) {
+        let (k, c) = (self.kernel, self.channels_in);
+        let (oh, ow) = (h / k, w / k);
+        let patch = k * k * c;
+        let mut patches = vec![0f32; batch * oh * ow * patch];
+        patches
+            .par_chunks_mut(ow * patch)
+            .enumerate()
+            .for_each(|(row, out)| {
+                let (b, oy) = (row / oh, row % oh);
+                for ox in 0..ow {
+                    for ky in 0..k {
+                        let src = ((b * h + oy * k + ky) * w + ox * k) * c;
+                        let dst = ox * patch + ky * k * c;
+                        out[dst..dst + k * c].copy_from_slice(&x[src..src + k * c]);
+                    }
+                }
+            });
+        let channels_out = self.bias.len();
+        let rows = batch * oh * ow;
+        let mut out = vec![0f32; rows * channels_out];
+        fill_rows(&mut out, &self.bias);
+        matmul(
+            rows,
+            patch,
+            channels_out,
+            &patches,
+            patch,
+            &self.weight,
+            &mut out,
+            true,
+            rayon::current_num_threads(),
+        );
+        (out, oh, ow)
+    }
+}
+
+/// `[batch, channels, hw]` → `[batch, hw, channels]`.
+pub(crate) fn to_channels_last(x: &[f32], batch: usize, channels: usize, hw: usize) -> Vec<f32> {
+    transpose_planes(x, batch, channels, hw)
+}
+
+/// `[batch, hw, channels]` → `[batch, channels, hw]`.
+pub(crate) fn to_channels_first(x: &[f32], batch: usize, hw: usize, channels: usize) -> Vec<f32> {
+    transpose_planes(x, batch, hw, channels)
+}
+
+/// Transposes each `[rows, cols]` matrix of a batch, in 32 x 32 tiles for the caches.
+fn transpose_planes(x: &[f32], batch: usize, rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
+    let mut out = vec![0f32; x.len()];
+    let plane = rows * cols;
+    out.par_chunks_mut(plane)
+        .zip(x.par_chunks(plane))
+        .take(batch)
+        .for_each(|(dst, src)| {
+            for r0 in (0..rows).step_by(TILE) {
+                for c0 in (0..cols).step_by(TILE) {
+                    for r in r0..(r0 + TILE).min(rows) {
+                        for c in c0..(c0 + TILE).min(cols) {
+                            dst[c * rows + r] = src[r * cols + c];
+                        }
+                    }
+                }
+            }
+        });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vectorisable `exp` against the standard library over its whole range.
+    #[test]
+    fn exp_neg_matches_std() {
+        let mut worst = 0f32;
+        for i in 0..=87_000 {
+            let x = -(i as f32) * 1e-3;
+            let (ours, std) = (exp_neg(x), x.exp());
+            worst = worst.max((ours - std).abs() / std);
+        }
+        assert!(worst < 3e-7, "relative error {worst}");
+        assert_eq!(exp_neg(-200.0), exp_neg(-87.0));
+        assert!(exp_neg(-200.0) < 1e-37);
+    }
+
+    /// The in-place GELU (every instruction-set level the CPU has) against `erf` GELU in f64.
+    #[test]
+    fn gelu_matches_erf() {
+        let mut x: Vec<f32> = (-2000..2000).map(|i| i as f32 * 5e-3).collect();
+        let reference: Vec<f64> = x
+            .iter()
+            .map(|&v| {
+                let v = v as f64;
+                0.5 * v * (1.0 + erf(v / std::f64::consts::SQRT_2))
+            })
+            .collect();
+        gelu_in_place(&mut x);
+        for (ours, theirs) in x.iter().zip(&reference) {
+            assert!((*ours as f64 - theirs).abs() < 1e-6, "{ours} vs {theirs}");
+        }
+    }
+
+    /// `erf` by its Taylor series (converges quickly for |x| ≤ 8 in f64).
+    fn erf(x: f64) -> f64 {
+        if x.abs() > 6.0 {
+            return x.signum();
+        }
+        let (mut term, mut total) = (x, x);
+        for n in 1..200 {
+            term *= -x * x / n as f64;
+            total += term / (2 * n + 1) as f64;
+        }
+        total * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    /// Row LayerNorm and the transposes against direct loops.
+    #[test]
+    fn layer_norm_and_transposes_match_direct_loops() {
+        let (rows, width) = (7, 37);
+        let x: Vec<f32> = (0..rows * width).map(|i| ((i * 37 % 101) as f32).sin() * 3.0).collect();
+        let norm = RowNorm {
+            gamma: (0..width).map(|i| 0.5 + i as f32 * 0.01).collect(),
+            beta: (0..width).map(|i| i as f32 * -0.02).collect(),
+            epsilon: 1e-6,
+        };
+        let mut ours = x.clone();
+        norm.apply(&mut ours);
+        for r in 0..rows {
+            let row = &x[r * width..(r + 1) * width];
+            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / width as f64;
+            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / width as f64;
+            for c in 0..width {
+                let expected = (row[c] as f64 - mean) / (var + 1e-6).sqrt()
+                    * norm.gamma[c] as f64
+                    + norm.beta[c] as f64;
+                assert!((ours[r * width + c] as f64 - expected).abs() < 1e-5);
+            }
+        }
+        let t = to_channels_first(&x, 1, rows, width);
+        assert_eq!(to_channels_last(&t, 1, width, rows), x);
+        assert_eq!(t[3 * rows + 5], x[5 * width + 3]);
+    }
+}
