@@ -357,7 +357,7 @@ impl<'m, B: Backend> VideoSession<'m, B> {
         let t = Instant::now();
         let decoder = model
             .transformer_decoder
-            .forward(&pixel.multi_scale_features, pixel.mask_features);
+            .forward_inference(&pixel.multi_scale_features, pixel.mask_features);
         sync::<B>(&self.device);
         let transformer_decoder = t.elapsed();
 

@@ -231,7 +231,12 @@ fn row_norm<B: Backend>(norm: &LayerNorm<B>) -> host::RowNorm {
 
 fn patchify<B: Backend>(conv: &Conv2d<B>) -> host::Patchify {
     let [_, channels_in, kernel, _] = conv.weight.dims();
-    let bias = values(conv.bias.as_ref().expect("ConvNeXt convolutions have a bias").val());
+    let bias = values(
+        conv.bias
+            .as_ref()
+            .expect("ConvNeXt convolutions have a bias")
+            .val(),
+    );
     host::Patchify::from_torch(&values(conv.weight.val()), bias, channels_in, kernel)
 }
 
@@ -303,18 +308,32 @@ impl HostBlock {
         let mut hidden = vec![0f32; rows * hidden_dim];
         host::fill_rows(&mut hidden, &self.fc1.1);
         host::matmul(
-            rows, dim, hidden_dim, branch, dim, &self.fc1.0, &mut hidden, true, threads,
+            rows,
+            dim,
+            hidden_dim,
+            branch,
+            dim,
+            &self.fc1.0,
+            &mut hidden,
+            true,
+            threads,
         );
         if threads > 1 {
-            hidden
-                .par_chunks_mut(1 << 14)
-                .for_each(host::gelu_in_place);
+            hidden.par_chunks_mut(1 << 14).for_each(host::gelu_in_place);
         } else {
             host::gelu_in_place(&mut hidden);
         }
         host::fill_rows(branch, &self.fc2.1);
         host::matmul(
-            rows, hidden_dim, dim, &hidden, hidden_dim, &self.fc2.0, branch, true, threads,
+            rows,
+            hidden_dim,
+            dim,
+            &hidden,
+            hidden_dim,
+            &self.fc2.0,
+            branch,
+            true,
+            threads,
         );
         if threads > 1 {
             x.par_chunks_mut(256 * dim)

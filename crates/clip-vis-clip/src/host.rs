@@ -94,8 +94,14 @@ pub(crate) fn matmul(
     accumulate: bool,
     threads: usize,
 ) {
-    assert!(m == 0 || a.len() >= (m - 1) * lda + k, "matmul: lhs too short");
-    assert!(b.len() >= k * n && out.len() >= m * n, "matmul: rhs or output too short");
+    assert!(
+        m == 0 || a.len() >= (m - 1) * lda + k,
+        "matmul: lhs too short"
+    );
+    assert!(
+        b.len() >= k * n && out.len() >= m * n,
+        "matmul: rhs or output too short"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -242,8 +248,12 @@ fn exp_neg(x: f32) -> f32 {
     p = p * r + 0.166_666_65;
     p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
-    // n ∈ [-126, 0]: a normal power of two.
-    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n for n ∈ [-126, 0], a normal float, built from its biased exponent n + 127. Adding
+    // 2^23 puts that integer in the mantissa bits, read off without a float-to-int conversion
+    // (whose saturating form does not vectorise).
+    const MANTISSA: f32 = 8_388_608.0;
+    let exponent = (n + 127.0 + MANTISSA).to_bits() - MANTISSA.to_bits();
+    e * f32::from_bits(exponent << 23)
 }
 
 multiversion! {
@@ -508,7 +518,9 @@ mod tests {
     #[test]
     fn layer_norm_and_transposes_match_direct_loops() {
         let (rows, width) = (7, 37);
-        let x: Vec<f32> = (0..rows * width).map(|i| ((i * 37 % 101) as f32).sin() * 3.0).collect();
+        let x: Vec<f32> = (0..rows * width)
+            .map(|i| ((i * 37 % 101) as f32).sin() * 3.0)
+            .collect();
         let norm = RowNorm {
             gamma: (0..width).map(|i| 0.5 + i as f32 * 0.01).collect(),
             beta: (0..width).map(|i| i as f32 * -0.02).collect(),
@@ -521,8 +533,7 @@ mod tests {
             let mean = row.iter().map(|&v| v as f64).sum::<f64>() / width as f64;
             let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / width as f64;
             for c in 0..width {
-                let expected = (row[c] as f64 - mean) / (var + 1e-6).sqrt()
-                    * norm.gamma[c] as f64
+                let expected = (row[c] as f64 - mean) / (var + 1e-6).sqrt() * norm.gamma[c] as f64
                     + norm.beta[c] as f64;
                 assert!((ours[r * width + c] as f64 - expected).abs() < 1e-5);
             }

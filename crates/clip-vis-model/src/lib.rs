@@ -292,7 +292,7 @@ impl<B: Backend> ClipVis<B> {
         );
         let decoder = self
             .transformer_decoder
-            .forward(&pixel.multi_scale_features, pixel.mask_features);
+            .forward_inference(&pixel.multi_scale_features, pixel.mask_features);
         Ok(FrameOutput { features, decoder })
     }
 

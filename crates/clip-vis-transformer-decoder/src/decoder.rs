@@ -211,7 +211,7 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
         self.layers.len()
     }
 
-    /// Decodes one batch.
+    /// Decodes one batch: every prediction, the auxiliary ones included (training).
     ///
     /// # Shapes
     /// - `multi_scale`: the pixel decoder's maps at strides 32, 16, 8, `[batch, hidden, H_l, W_l]`
@@ -220,6 +220,32 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
         &self,
         multi_scale: &[Tensor<B, 4>; 3],
         mask_features: Tensor<B, 4>,
+    ) -> DecoderOutput<B> {
+        self.decode(multi_scale, mask_features, true)
+    }
+
+    /// [`MultiScaleMaskedTransformerDecoder::forward`] for inference: the same `last` and
+    /// `embeds`, `aux` left empty.
+    ///
+    /// Between layers only the attention masks are needed, at the next level's size, so they
+    /// are computed there directly: bilinear resizing is linear in the map, hence
+    /// `resize(E · F) = E · resize(F)` for mask embeddings `E` and mask features `F`, and the
+    /// stride-4 masks (`queries x H/4 x W/4`, then resized) are computed once, for the last
+    /// layer, instead of after every layer. The heads other than the mask embedding also run
+    /// once. Same result up to f32 reassociation.
+    pub fn forward_inference(
+        &self,
+        multi_scale: &[Tensor<B, 4>; 3],
+        mask_features: Tensor<B, 4>,
+    ) -> DecoderOutput<B> {
+        self.decode(multi_scale, mask_features, false)
+    }
+
+    fn decode(
+        &self,
+        multi_scale: &[Tensor<B, 4>; 3],
+        mask_features: Tensor<B, 4>,
+        every_prediction: bool,
     ) -> DecoderOutput<B> {
         let device = mask_features.device();
         let [batch, _, _, _] = mask_features.dims();
@@ -251,9 +277,26 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
             .unsqueeze::<3>()
             .expand([batch, queries, d]);
 
+        // Inference: the mask features at each level's size, for the attention masks.
+        let level_features: Vec<Tensor<B, 3>> = if every_prediction {
+            Vec::new()
+        } else {
+            let [_, mask_dim, _, _] = mask_features.dims();
+            sizes
+                .iter()
+                .map(|&(h, w)| {
+                    resize_bilinear(mask_features.clone(), [h, w]).reshape([batch, mask_dim, h * w])
+                })
+                .collect()
+        };
         let mut predictions = Vec::with_capacity(self.layers.len() + 1);
-        let (first, mut blocked) = self.predict(output.clone(), mask_features.clone(), sizes[0]);
-        predictions.push(first);
+        let mut blocked = if every_prediction {
+            let (first, blocked) = self.predict(output.clone(), mask_features.clone(), sizes[0]);
+            predictions.push(first);
+            blocked
+        } else {
+            self.attention_mask(output.clone(), level_features[0].clone())
+        };
         for (i, layer) in self.layers.iter().enumerate() {
             let level = i % LEVELS;
             let attended = layer.cross_attention.forward(
@@ -276,13 +319,20 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
                 relu(linear_flat(&layer.linear1, output.clone())),
             );
             output = layer.ffn_norm.forward(output + hidden);
-            let (prediction, next) = self.predict(
-                output.clone(),
-                mask_features.clone(),
-                sizes[(i + 1) % LEVELS],
-            );
-            predictions.push(prediction);
-            blocked = next;
+            let next_level = (i + 1) % LEVELS;
+            if every_prediction || i + 1 == self.layers.len() {
+                let (prediction, next) =
+                    self.predict(output.clone(), mask_features.clone(), sizes[next_level]);
+                predictions.push(prediction);
+                blocked = next;
+            } else {
+                blocked = self.attention_mask(output.clone(), level_features[next_level].clone());
+            }
+        }
+        if predictions.is_empty() {
+            // No transformer layer: the learnable queries' prediction is the last one.
+            let (first, _) = self.predict(output.clone(), mask_features.clone(), sizes[0]);
+            predictions.push(first);
         }
         let last = predictions
             .pop()
@@ -313,15 +363,7 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
         let ious = sigmoid(self.iou_head.forward(decoded));
         let (h, w) = target;
         let resized = resize_bilinear(masks.clone(), [h, w]);
-        let blocked = sigmoid(resized)
-            .reshape([batch, queries, h * w])
-            .lower_elem(0.5);
-        // A query blocked everywhere attends everywhere instead.
-        let everywhere = blocked.clone().int().sum_dim(2).equal_elem((h * w) as i64);
-        let blocked = blocked.bool_and(everywhere.bool_not().expand([batch, queries, h * w]));
-        let blocked = blocked
-            .unsqueeze_dim::<4>(1)
-            .expand([batch, self.heads, queries, h * w]);
+        let blocked = self.blocked_from_logits(resized.reshape([batch, queries, h * w]));
         (
             Prediction {
                 object_logits,
@@ -330,5 +372,29 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
             },
             blocked,
         )
+    }
+
+    /// The attention mask from `decoder_norm(output)` and the mask features already at the
+    /// target level's size (`[batch, mask_dim, h·w]`), without the other heads.
+    fn attention_mask(
+        &self,
+        output: Tensor<B, 3>,
+        level_features: Tensor<B, 3>,
+    ) -> Tensor<B, 4, Bool> {
+        let embedding = self.mask_embed.forward(self.decoder_norm.forward(output));
+        self.blocked_from_logits(embedding.matmul(level_features))
+    }
+
+    /// `[batch, queries, h·w]` mask logits at a level → `[batch, heads, queries, h·w]`, true
+    /// where `sigmoid < 0.5` (blocked), except that a query blocked everywhere attends
+    /// everywhere instead.
+    fn blocked_from_logits(&self, logits: Tensor<B, 3>) -> Tensor<B, 4, Bool> {
+        let [batch, queries, tokens] = logits.dims();
+        let blocked = sigmoid(logits).lower_elem(0.5);
+        let everywhere = blocked.clone().int().sum_dim(2).equal_elem(tokens as i64);
+        let blocked = blocked.bool_and(everywhere.bool_not().expand([batch, queries, tokens]));
+        blocked
+            .unsqueeze_dim::<4>(1)
+            .expand([batch, self.heads, queries, tokens])
     }
 }

@@ -56,6 +56,32 @@ fn check<B: Backend>(device: &B::Device) {
         output.embeds,
         io(&store, "pred_embds", device),
     );
+
+    // The inference path (attention masks at each level's size, heads once) predicts the same
+    // last layer.
+    let inference = decoder.forward_inference(&maps, io(&store, "mask_features", device));
+    assert!(inference.aux.is_empty());
+    let last = config.layers;
+    assert_close(
+        "inference object logits",
+        inference.last.object_logits,
+        io(&store, &format!("pred{last}.object_logits"), device),
+    );
+    assert_close(
+        "inference masks",
+        inference.last.masks,
+        io(&store, &format!("pred{last}.masks"), device),
+    );
+    assert_close(
+        "inference ious",
+        inference.last.ious,
+        io(&store, &format!("pred{last}.ious"), device),
+    );
+    assert_close(
+        "inference pred_embds",
+        inference.embeds,
+        io(&store, "pred_embds", device),
+    );
 }
 
 #[test]
