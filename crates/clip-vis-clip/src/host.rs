@@ -83,7 +83,7 @@ const LANES: usize = 16;
 /// Row-major `[m, n]` output of `a · b` (+ `out` when `accumulate`), `a` `[m, k]` with row
 /// stride `lda`, `b` `[k, n]` row-major. `threads > 1` lets `gemm` split the product.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul(
+pub fn matmul(
     m: usize,
     k: usize,
     n: usize,
@@ -138,7 +138,7 @@ pub(crate) fn matmul(
 }
 
 /// Fills every `[.., width]` row of `out` with `row`.
-pub(crate) fn fill_rows(out: &mut [f32], row: &[f32]) {
+pub fn fill_rows(out: &mut [f32], row: &[f32]) {
     for chunk in out.chunks_exact_mut(row.len()) {
         chunk.copy_from_slice(row);
     }
@@ -234,10 +234,11 @@ fn gelu_scalar(x: f32) -> f32 {
 }
 
 /// `e^x` for `x ≤ 0` (Cephes `expf`: `x = n ln 2 + r`, a degree-5 polynomial in `r`, `2^n` by
-/// exponent bits; relative error about 1e-7), flushing to 0 below −87. Branch-free so that it
+/// exponent bits; relative error about 1e-7), 0 below −87 (−∞ included). Branch-free so that it
 /// vectorises.
 #[inline(always)]
 fn exp_neg(x: f32) -> f32 {
+    let flushed = x < -87.0;
     let x = x.max(-87.0);
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
@@ -253,7 +254,12 @@ fn exp_neg(x: f32) -> f32 {
     // (whose saturating form does not vectorise).
     const MANTISSA: f32 = 8_388_608.0;
     let exponent = (n + 127.0 + MANTISSA).to_bits() - MANTISSA.to_bits();
-    e * f32::from_bits(exponent << 23)
+    let value = e * f32::from_bits(exponent << 23);
+    if flushed {
+        0.0
+    } else {
+        value
+    }
 }
 
 multiversion! {
@@ -266,6 +272,187 @@ multiversion! {
             }
         }
     }
+}
+
+/// Sizes of one [`attention`] call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionDims {
+    /// Batch items.
+    pub batch: usize,
+    /// Query rows per item.
+    pub queries: usize,
+    /// Key (and value) rows per item.
+    pub keys: usize,
+    /// Heads; the width `d` is `heads · head_dim`.
+    pub heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+}
+
+/// Multi-head scaled dot-product attention of already projected rows, the heads side by side
+/// in each row as PyTorch's `nn.MultiheadAttention` lays them out: `q` `[batch, queries, d]`,
+/// `k`, `v` `[batch, keys, d]`, `blocked` `[batch, queries, keys]` (true = may not attend;
+/// shared by all heads) → `[batch, queries, d]`.
+///
+/// Per (item, head), on one thread each: the score tile `q_h · k_hᵀ` by `gemm` reading the
+/// head's columns in place (no split-heads copy), the masked softmax per row with the
+/// vectorised `exp`, then `· v_h`. A row blocked everywhere gives zeros, as Burn's CPU
+/// attention does.
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    blocked: Option<&[bool]>,
+    dims: AttentionDims,
+) -> Vec<f32> {
+    let AttentionDims {
+        batch,
+        queries,
+        keys,
+        heads,
+        head_dim,
+    } = dims;
+    let d = heads * head_dim;
+    assert!(q.len() == batch * queries * d, "attention: query shape");
+    assert!(
+        k.len() == batch * keys * d && v.len() == k.len(),
+        "attention: key/value shape"
+    );
+    if let Some(mask) = blocked {
+        assert!(
+            mask.len() == batch * queries * keys,
+            "attention: mask shape"
+        );
+    }
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let tiles: Vec<Vec<f32>> = (0..batch * heads)
+        .into_par_iter()
+        .map(|task| {
+            let (b, h) = (task / heads, task % heads);
+            let q_at = &q[b * queries * d + h * head_dim..];
+            let k_at = &k[b * keys * d + h * head_dim..];
+            let v_at = &v[b * keys * d + h * head_dim..];
+            let mut scores = vec![0f32; queries * keys];
+            // SAFETY: rows `i < queries` (`keys`) of width `head_dim` with stride `d` starting
+            // at the head's column offset stay inside the item's `[rows, d]` block.
+            unsafe {
+                gemm::gemm(
+                    queries,
+                    keys,
+                    head_dim,
+                    scores.as_mut_ptr(),
+                    1,
+                    keys as isize,
+                    false,
+                    q_at.as_ptr(),
+                    1,
+                    d as isize,
+                    k_at.as_ptr(),
+                    d as isize,
+                    1,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            let mask = blocked.map(|m| &m[b * queries * keys..(b + 1) * queries * keys]);
+            for (row, scores) in scores.chunks_exact_mut(keys).enumerate() {
+                softmax_row(
+                    scores,
+                    mask.map(|m| &m[row * keys..(row + 1) * keys]),
+                    scale,
+                );
+            }
+            let mut out = vec![0f32; queries * head_dim];
+            // SAFETY: as above, for the value rows.
+            unsafe {
+                gemm::gemm(
+                    queries,
+                    head_dim,
+                    keys,
+                    out.as_mut_ptr(),
+                    1,
+                    head_dim as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    keys as isize,
+                    v_at.as_ptr(),
+                    1,
+                    d as isize,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            out
+        })
+        .collect();
+    let mut out = vec![0f32; batch * queries * d];
+    for (task, tile) in tiles.iter().enumerate() {
+        let (b, h) = (task / heads, task % heads);
+        for (row, values) in tile.chunks_exact(head_dim).enumerate() {
+            let at = (b * queries + row) * d + h * head_dim;
+            out[at..at + head_dim].copy_from_slice(values);
+        }
+    }
+    out
+}
+
+/// `softmax(scale · scores)` over one row in place, blocked entries excluded (weight 0); all
+/// zeros when every entry is blocked.
+fn softmax_row(scores: &mut [f32], blocked: Option<&[bool]>, scale: f32) {
+    if let Some(blocked) = blocked {
+        for (s, &b) in scores.iter_mut().zip(blocked) {
+            *s = if b { f32::NEG_INFINITY } else { *s * scale };
+        }
+    } else {
+        for s in scores.iter_mut() {
+            *s *= scale;
+        }
+    }
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    if max == f32::NEG_INFINITY {
+        scores.fill(0.0);
+        return;
+    }
+    let total = exp_shifted_in_place(scores, max);
+    let inv = 1.0 / total;
+    for s in scores.iter_mut() {
+        *s *= inv;
+    }
+}
+
+multiversion! {
+    /// `x ← e^(x − max)` (`x ≤ max`; −∞ gives 0) and the sum of the results.
+    fn exp_shifted_in_place_impl(x: &mut [f32], max: f32, total: &mut f32) {
+        let mut acc = [0f32; LANES];
+        let mut chunks = x.chunks_exact_mut(LANES);
+        for chunk in &mut chunks {
+            for i in 0..LANES {
+                chunk[i] = exp_neg(chunk[i] - max);
+                acc[i] += chunk[i];
+            }
+        }
+        let mut rest = 0f32;
+        for v in chunks.into_remainder() {
+            *v = exp_neg(*v - max);
+            rest += *v;
+        }
+        *total = acc.iter().sum::<f32>() + rest;
+    }
+}
+
+fn exp_shifted_in_place(x: &mut [f32], max: f32) -> f32 {
+    let mut total = 0.0;
+    exp_shifted_in_place_impl(x, max, &mut total);
+    total
 }
 
 /// A depthwise `k x k` convolution (stride 1, zero padding `k / 2`) on channels-last maps.
@@ -480,8 +667,8 @@ mod tests {
             worst = worst.max((ours - std).abs() / std);
         }
         assert!(worst < 3e-7, "relative error {worst}");
-        assert_eq!(exp_neg(-200.0), exp_neg(-87.0));
-        assert!(exp_neg(-200.0) < 1e-37);
+        assert_eq!(exp_neg(-200.0), 0.0);
+        assert_eq!(exp_neg(f32::NEG_INFINITY), 0.0);
     }
 
     /// The in-place GELU (every instruction-set level the CPU has) against `erf` GELU in f64.

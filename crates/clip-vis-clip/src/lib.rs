@@ -20,7 +20,7 @@ pub mod config;
 pub mod convnext;
 pub mod device;
 mod error;
-pub(crate) mod host;
+pub mod host;
 pub mod model;
 pub mod modified_resnet;
 pub mod nn;

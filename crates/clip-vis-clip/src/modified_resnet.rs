@@ -189,12 +189,12 @@ impl<B: Backend> AttentionPool2d<B> {
             .swap_dims(0, 1);
         // [heads, 1, L], scaled as PyTorch's attention does.
         let scores = q.matmul(k) * (1.0 / (head_dim as f64).sqrt());
-        let scores = scores
-            .expand([heads, num_masks, length])
-            .mask_fill(
-                blocked.unsqueeze_dim::<3>(0).expand([heads, num_masks, length]),
-                f32::NEG_INFINITY,
-            );
+        let scores = scores.expand([heads, num_masks, length]).mask_fill(
+            blocked
+                .unsqueeze_dim::<3>(0)
+                .expand([heads, num_masks, length]),
+            f32::NEG_INFINITY,
+        );
         let context = softmax(scores, 2)
             .matmul(v)
             .swap_dims(0, 1)

@@ -6,7 +6,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor, TensorData};
-use clip_vis_clip::nn::{linear_flat, load_linear, save_linear};
+use clip_vis_clip::host::{self, AttentionDims};
+use clip_vis_clip::nn::{is_host_backend, linear_flat, load_linear, save_linear};
 use clip_vis_clip::{Result, TensorSink, TensorStore};
 
 /// Multi-head attention; queries are scaled by `1/sqrt(head_dim)` as PyTorch does.
@@ -96,6 +97,60 @@ impl<B: Backend> MultiheadAttention<B> {
         let context = attention(q, k, v, blocked, None, AttentionModuleOptions::default())
             .swap_dims(1, 2)
             .reshape([batch, queries, d]);
+        linear_flat(&self.out_proj, context)
+    }
+
+    /// [`MultiheadAttention::forward`] with one mask for all heads, `blocked`
+    /// `[batch, queries, keys]`.
+    ///
+    /// On the CPU backends without autodiff the attention itself runs the host kernel
+    /// [`host::attention`], which reads each head's columns in place and never expands the
+    /// mask over the heads; elsewhere it is `forward` with the mask expanded.
+    pub fn forward_shared_mask(
+        &self,
+        query: Tensor<B, 3>,
+        key: Tensor<B, 3>,
+        value: Tensor<B, 3>,
+        blocked: Option<Tensor<B, 3, Bool>>,
+    ) -> Tensor<B, 3> {
+        let device = query.device();
+        let [batch, queries, d] = query.dims();
+        let keys = key.dims()[1];
+        if !is_host_backend::<B>(&device) {
+            let blocked = blocked.map(|m| {
+                m.unsqueeze_dim::<4>(1)
+                    .expand([batch, self.heads, queries, keys])
+            });
+            return self.forward(query, key, value, blocked);
+        }
+        let values = |x: Tensor<B, 3>| -> Vec<f32> {
+            x.into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .expect("converted to f32 above")
+        };
+        let q = values(linear_flat(&self.q_proj, query));
+        let k = values(linear_flat(&self.k_proj, key));
+        let v = values(linear_flat(&self.v_proj, value));
+        let mask: Option<Vec<bool>> = blocked.map(|m| {
+            m.into_data()
+                .into_vec::<bool>()
+                .expect("a boolean tensor's data holds booleans")
+        });
+        let context = host::attention(
+            &q,
+            &k,
+            &v,
+            mask.as_deref(),
+            AttentionDims {
+                batch,
+                queries,
+                keys,
+                heads: self.heads,
+                head_dim: d / self.heads,
+            },
+        );
+        let context = Tensor::from_data(TensorData::new(context, [batch, queries, d]), &device);
         linear_flat(&self.out_proj, context)
     }
 }

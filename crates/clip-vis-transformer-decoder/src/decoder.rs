@@ -299,7 +299,7 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
         };
         for (i, layer) in self.layers.iter().enumerate() {
             let level = i % LEVELS;
-            let attended = layer.cross_attention.forward(
+            let attended = layer.cross_attention.forward_shared_mask(
                 output.clone() + query_pos.clone(),
                 memory[level].clone() + positions[level].clone(),
                 memory[level].clone(),
@@ -307,7 +307,7 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
             );
             output = layer.cross_norm.forward(output + attended);
             let with_position = output.clone() + query_pos.clone();
-            let attended = layer.self_attention.forward(
+            let attended = layer.self_attention.forward_shared_mask(
                 with_position.clone(),
                 with_position,
                 output.clone(),
@@ -345,13 +345,13 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
     }
 
     /// The heads on `decoder_norm(output)`, and the attention mask the next layer uses at
-    /// `target` size: `[batch, heads, queries, h·w]`, true = blocked.
+    /// `target` size: `[batch, queries, h·w]` (the same for every head), true = blocked.
     fn predict(
         &self,
         output: Tensor<B, 3>,
         mask_features: Tensor<B, 4>,
         target: (usize, usize),
-    ) -> (Prediction<B>, Tensor<B, 4, Bool>) {
+    ) -> (Prediction<B>, Tensor<B, 3, Bool>) {
         let decoded = self.decoder_norm.forward(output);
         let [batch, queries, _] = decoded.dims();
         let [_, mask_dim, h4, w4] = mask_features.dims();
@@ -380,21 +380,18 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
         &self,
         output: Tensor<B, 3>,
         level_features: Tensor<B, 3>,
-    ) -> Tensor<B, 4, Bool> {
+    ) -> Tensor<B, 3, Bool> {
         let embedding = self.mask_embed.forward(self.decoder_norm.forward(output));
         self.blocked_from_logits(embedding.matmul(level_features))
     }
 
-    /// `[batch, queries, h·w]` mask logits at a level → `[batch, heads, queries, h·w]`, true
-    /// where `sigmoid < 0.5` (blocked), except that a query blocked everywhere attends
+    /// `[batch, queries, h·w]` mask logits at a level → the attention mask of every head,
+    /// true where `sigmoid < 0.5` (blocked), except that a query blocked everywhere attends
     /// everywhere instead.
-    fn blocked_from_logits(&self, logits: Tensor<B, 3>) -> Tensor<B, 4, Bool> {
+    fn blocked_from_logits(&self, logits: Tensor<B, 3>) -> Tensor<B, 3, Bool> {
         let [batch, queries, tokens] = logits.dims();
         let blocked = sigmoid(logits).lower_elem(0.5);
         let everywhere = blocked.clone().int().sum_dim(2).equal_elem(tokens as i64);
-        let blocked = blocked.bool_and(everywhere.bool_not().expand([batch, queries, tokens]));
-        blocked
-            .unsqueeze_dim::<4>(1)
-            .expand([batch, self.heads, queries, tokens])
+        blocked.bool_and(everywhere.bool_not().expand([batch, queries, tokens]))
     }
 }
