@@ -212,21 +212,10 @@ impl<B: Backend> ConvNext<B> {
     }
 }
 
-/// The values of a float tensor, as `f32`.
-fn values<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
-    tensor
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .expect("converted to f32 above")
-}
+use host::values;
 
 fn row_norm<B: Backend>(norm: &LayerNorm<B>) -> host::RowNorm {
-    host::RowNorm {
-        gamma: values(norm.gamma.val()),
-        beta: values(norm.beta.val()),
-        epsilon: norm.epsilon as f32,
-    }
+    host::RowNorm::from_module(norm)
 }
 
 fn patchify<B: Backend>(conv: &Conv2d<B>) -> host::Patchify {

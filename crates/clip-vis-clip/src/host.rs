@@ -137,6 +137,99 @@ pub fn matmul(
     }
 }
 
+/// The values of a float tensor as `f32`, in row-major order (one copy to the host).
+pub fn values<B: burn::tensor::backend::Backend, const D: usize>(
+    tensor: burn::tensor::Tensor<B, D>,
+) -> Vec<f32> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("converted to f32 above")
+}
+
+/// A linear layer for row-major inputs: `y = x · weight + bias`.
+#[derive(Debug, Clone)]
+pub struct RowLinear {
+    /// `[d_input, d_output]`, row-major (Burn's `Linear` layout).
+    pub weight: Vec<f32>,
+    /// `[d_output]`.
+    pub bias: Vec<f32>,
+}
+
+impl RowLinear {
+    /// The host copy of a Burn `Linear` (a missing bias reads as zeros).
+    pub fn from_module<B: burn::tensor::backend::Backend>(linear: &burn::nn::Linear<B>) -> Self {
+        let [_, d_output] = linear.weight.dims();
+        Self {
+            weight: values(linear.weight.val()),
+            bias: linear
+                .bias
+                .as_ref()
+                .map(|b| values(b.val()))
+                .unwrap_or_else(|| vec![0.0; d_output]),
+        }
+    }
+
+    /// Output width.
+    pub fn d_output(&self) -> usize {
+        self.bias.len()
+    }
+
+    /// Input width.
+    pub fn d_input(&self) -> usize {
+        self.weight.len() / self.bias.len()
+    }
+
+    /// `[rows, d_input]` → `[rows, d_output]`; `threads > 1` splits the product.
+    pub fn forward(&self, x: &[f32], threads: usize) -> Vec<f32> {
+        let rows = x.len() / self.d_input();
+        let mut out = vec![0f32; rows * self.d_output()];
+        self.forward_into(x, &mut out, threads);
+        out
+    }
+
+    /// [`RowLinear::forward`] into `out` (`[rows, d_output]`, overwritten).
+    pub fn forward_into(&self, x: &[f32], out: &mut [f32], threads: usize) {
+        let (d_input, d_output) = (self.d_input(), self.d_output());
+        let rows = x.len() / d_input;
+        fill_rows(&mut out[..rows * d_output], &self.bias);
+        matmul(
+            rows,
+            d_input,
+            d_output,
+            x,
+            d_input,
+            &self.weight,
+            out,
+            true,
+            threads,
+        );
+    }
+
+    /// Side by side: one product for several layers reading the same input.
+    pub fn concat(parts: &[&RowLinear]) -> Self {
+        let d_input = parts[0].d_input();
+        let d_output: usize = parts.iter().map(|p| p.d_output()).sum();
+        let mut weight = Vec::with_capacity(d_input * d_output);
+        for row in 0..d_input {
+            for part in parts {
+                let n = part.d_output();
+                weight.extend_from_slice(&part.weight[row * n..(row + 1) * n]);
+            }
+        }
+        Self {
+            weight,
+            bias: parts.iter().flat_map(|p| p.bias.iter().copied()).collect(),
+        }
+    }
+}
+
+/// Softmax of one row in place (max-shifted, vectorised `exp`).
+pub fn softmax_in_place(x: &mut [f32]) {
+    softmax_row(x, None, 1.0);
+}
+
 /// Fills every `[.., width]` row of `out` with `row`.
 pub fn fill_rows(out: &mut [f32], row: &[f32]) {
     for chunk in out.chunks_exact_mut(row.len()) {
@@ -147,13 +240,25 @@ pub fn fill_rows(out: &mut [f32], row: &[f32]) {
 /// A LayerNorm over the channels of channels-last rows (PyTorch `nn.LayerNorm`, biased
 /// variance).
 #[derive(Debug, Clone)]
-pub(crate) struct RowNorm {
+pub struct RowNorm {
+    /// Scale, one per channel.
     pub gamma: Vec<f32>,
+    /// Shift, one per channel.
     pub beta: Vec<f32>,
+    /// Added to the variance.
     pub epsilon: f32,
 }
 
 impl RowNorm {
+    /// The host copy of a Burn [`crate::nn::LayerNorm`].
+    pub fn from_module<B: burn::tensor::backend::Backend>(norm: &crate::nn::LayerNorm<B>) -> Self {
+        Self {
+            gamma: values(norm.gamma.val()),
+            beta: values(norm.beta.val()),
+            epsilon: norm.epsilon as f32,
+        }
+    }
+
     /// Normalises every row of `x` (`[rows, gamma.len()]`) in place, rows spread over threads.
     pub fn apply(&self, x: &mut [f32]) {
         let width = self.gamma.len();
@@ -207,7 +312,7 @@ fn sum(row: &[f32]) -> f32 {
 multiversion! {
     /// Exact (erf) GELU in place, with the same A&S 7.1.26 `erf` as `nn::gelu` (absolute error
     /// below 1.5e-7) and a branch-free `exp` so that the loop vectorises.
-    pub(crate) fn gelu_in_place(x: &mut [f32]) {
+    pub fn gelu_in_place(x: &mut [f32]) {
         for v in x.iter_mut() {
             *v = gelu_scalar(*v);
         }
@@ -264,7 +369,7 @@ fn exp_neg(x: f32) -> f32 {
 
 multiversion! {
     /// `x += gamma ⊙ y` row by row (`gamma` one row long).
-    pub(crate) fn add_scaled_rows(x: &mut [f32], y: &[f32], gamma: &[f32]) {
+    pub fn add_scaled_rows(x: &mut [f32], y: &[f32], gamma: &[f32]) {
         let width = gamma.len();
         for (xr, yr) in x.chunks_exact_mut(width).zip(y.chunks_exact(width)) {
             for ((a, b), g) in xr.iter_mut().zip(yr).zip(gamma) {
@@ -455,6 +560,24 @@ fn exp_shifted_in_place(x: &mut [f32], max: f32) -> f32 {
     total
 }
 
+multiversion! {
+    /// `max(x, 0)` in place.
+    pub fn relu_in_place(x: &mut [f32]) {
+        for v in x.iter_mut() {
+            *v = v.max(0.0);
+        }
+    }
+}
+
+multiversion! {
+    /// `x += y` elementwise.
+    pub fn add_in_place(x: &mut [f32], y: &[f32]) {
+        for (a, b) in x.iter_mut().zip(y) {
+            *a += b;
+        }
+    }
+}
+
 /// A depthwise `k x k` convolution (stride 1, zero padding `k / 2`) on channels-last maps.
 #[derive(Debug, Clone)]
 pub(crate) struct Depthwise {
@@ -622,12 +745,12 @@ impl Patchify {
 }
 
 /// `[batch, channels, hw]` → `[batch, hw, channels]`.
-pub(crate) fn to_channels_last(x: &[f32], batch: usize, channels: usize, hw: usize) -> Vec<f32> {
+pub fn to_channels_last(x: &[f32], batch: usize, channels: usize, hw: usize) -> Vec<f32> {
     transpose_planes(x, batch, channels, hw)
 }
 
 /// `[batch, hw, channels]` → `[batch, channels, hw]`.
-pub(crate) fn to_channels_first(x: &[f32], batch: usize, hw: usize, channels: usize) -> Vec<f32> {
+pub fn to_channels_first(x: &[f32], batch: usize, hw: usize, channels: usize) -> Vec<f32> {
     transpose_planes(x, batch, hw, channels)
 }
 

@@ -89,6 +89,22 @@ impl<B: Backend> MsDeformAttn<B> {
         })
     }
 
+    /// Host copies of the weights, for the CPU inference encoder.
+    pub(crate) fn host(&self) -> crate::host_encoder::HostDeformAttn {
+        use clip_vis_clip::host::RowLinear;
+        crate::host_encoder::HostDeformAttn {
+            value: RowLinear::from_module(&self.value_proj),
+            query: RowLinear::concat(&[
+                &RowLinear::from_module(&self.sampling_offsets),
+                &RowLinear::from_module(&self.attention_weights),
+            ]),
+            output: RowLinear::from_module(&self.output_proj),
+            heads: self.heads,
+            levels: self.levels,
+            points: self.points,
+        }
+    }
+
     /// Writes the four linears under `{key}.*` (the inverse of [`MsDeformAttn::load`]).
     pub fn save(&self, sink: &mut TensorSink, key: &str) {
         for (name, linear) in [

@@ -7,6 +7,7 @@
 //! convolution.
 
 use crate::group_norm::GroupNorm;
+use crate::host_encoder::HostEncoderLayer;
 use crate::ms_deform_attn::{MsDeformAttn, MsDeformAttnConfig};
 use crate::position_encoding::sine_position_tokens;
 use burn::module::{Module, Param};
@@ -14,8 +15,10 @@ use burn::nn::Linear;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use clip_vis_clip::host::{self, RowLinear, RowNorm};
 use clip_vis_clip::nn::{
-    linear_flat, load_linear, resize_bilinear, save_linear, Conv2d, ConvSpec, LayerNorm,
+    is_host_backend, linear_flat, load_linear, resize_bilinear, save_linear, Conv2d, ConvSpec,
+    LayerNorm,
 };
 use clip_vis_clip::weights::join_key;
 use clip_vis_clip::{Result, TensorSink, TensorStore};
@@ -95,6 +98,19 @@ struct EncoderLayer<B: Backend> {
     linear1: Linear<B>,
     linear2: Linear<B>,
     norm2: LayerNorm<B>,
+}
+
+impl<B: Backend> EncoderLayer<B> {
+    /// Host copies of the weights (taken at every call: always the current parameters).
+    fn host(&self) -> HostEncoderLayer {
+        HostEncoderLayer {
+            attention: self.self_attn.host(),
+            norm1: RowNorm::from_module(&self.norm1),
+            linear1: RowLinear::from_module(&self.linear1),
+            linear2: RowLinear::from_module(&self.linear2),
+            norm2: RowNorm::from_module(&self.norm2),
+        }
+    }
 }
 
 /// Outputs of the pixel decoder.
@@ -236,12 +252,40 @@ impl<B: Backend> MsDeformAttnPixelDecoder<B> {
     }
 
     /// Decodes `res2..res5` (`[batch, C_l, H/s_l, W/s_l]`, strides 4, 8, 16, 32).
+    ///
+    /// On the CPU backends without autodiff the deformable encoder runs on host buffers
+    /// (`host_encoder`); elsewhere, and in [`MsDeformAttnPixelDecoder::forward_reference`],
+    /// through Burn's tensor ops.
     pub fn forward(
         &self,
         res2: Tensor<B, 4>,
         res3: Tensor<B, 4>,
         res4: Tensor<B, 4>,
         res5: Tensor<B, 4>,
+    ) -> PixelDecoderOutput<B> {
+        let host = is_host_backend::<B>(&res5.device());
+        self.decode(res2, res3, res4, res5, host)
+    }
+
+    /// [`MsDeformAttnPixelDecoder::forward`] through Burn's tensor ops on every backend: the
+    /// reference of the host encoder.
+    pub fn forward_reference(
+        &self,
+        res2: Tensor<B, 4>,
+        res3: Tensor<B, 4>,
+        res4: Tensor<B, 4>,
+        res5: Tensor<B, 4>,
+    ) -> PixelDecoderOutput<B> {
+        self.decode(res2, res3, res4, res5, false)
+    }
+
+    fn decode(
+        &self,
+        res2: Tensor<B, 4>,
+        res3: Tensor<B, 4>,
+        res4: Tensor<B, 4>,
+        res5: Tensor<B, 4>,
+        host_encoder: bool,
     ) -> PixelDecoderOutput<B> {
         let device = res5.device();
         let d = self.conv_dim;
@@ -275,6 +319,32 @@ impl<B: Backend> MsDeformAttnPixelDecoder<B> {
         let total: usize = shapes.iter().map(|(h, w)| h * w).sum();
         let mut source = Tensor::cat(sources, 1);
         let position = Tensor::cat(positions, 1);
+        if host_encoder {
+            let mut values = host::values(source);
+            let position = host::values(position);
+            for layer in &self.layers {
+                layer
+                    .host()
+                    .forward(&mut values, &position, &references, batch, &shapes);
+            }
+            source = Tensor::from_data(TensorData::new(values, [batch, total, d]), &device);
+        } else {
+            source = self.encode(source, position, references, &shapes);
+        }
+        self.fpn(source, &shapes, res2)
+    }
+
+    /// The tensor-op encoder: `source` and `position` `[batch, tokens, d]`, `references` the
+    /// `(x, y)` pixel centres of every token.
+    fn encode(
+        &self,
+        mut source: Tensor<B, 3>,
+        position: Tensor<B, 3>,
+        references: Vec<f32>,
+        shapes: &[(usize, usize)],
+    ) -> Tensor<B, 3> {
+        let device = source.device();
+        let [batch, total, _] = source.dims();
         // The same normalised point on every level (no padding: valid ratios are 1).
         let reference =
             Tensor::<B, 3>::from_data(TensorData::new(references, [1, total, 2]), &device)
@@ -294,6 +364,17 @@ impl<B: Backend> MsDeformAttnPixelDecoder<B> {
             );
             source = layer.norm2.forward(source + hidden);
         }
+        source
+    }
+
+    /// The encoder's levels as maps, and the FPN level at stride 4 with the mask features.
+    fn fpn(
+        &self,
+        source: Tensor<B, 3>,
+        shapes: &[(usize, usize)],
+        res2: Tensor<B, 4>,
+    ) -> PixelDecoderOutput<B> {
+        let [batch, _, d] = source.dims();
         let mut start = 0;
         let maps: Vec<Tensor<B, 4>> = shapes
             .iter()

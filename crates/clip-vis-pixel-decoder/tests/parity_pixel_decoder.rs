@@ -10,6 +10,7 @@
 mod common;
 
 use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
 use clip_vis_clip::TensorStore;
 use clip_vis_pixel_decoder::ms_deform_attn::SamplingCore;
 use clip_vis_pixel_decoder::{
@@ -60,18 +61,25 @@ fn check_ms_deform_attn<B: Backend>(device: &B::Device, core: Option<SamplingCor
 }
 
 fn check_pixel_decoder<B: Backend>(device: &B::Device) {
+    check_pixel_decoder_with::<B>(device, false)
+}
+
+/// `reference`: through `forward_reference` (Burn's ops; on the CPU backends `forward` runs the
+/// host encoder instead).
+fn check_pixel_decoder_with<B: Backend>(device: &B::Device, reference: bool) {
     let store = fixture("pixel_decoder.safetensors");
     let meta = config(&store);
     let config: PixelDecoderConfig =
         serde_json::from_value(meta["clip_vis"].clone()).expect("clip_vis config");
     let decoder =
         MsDeformAttnPixelDecoder::<B>::load(&store, "", &config, device).expect("weights");
-    let output = decoder.forward(
-        io(&store, "res2", device),
-        io(&store, "res3", device),
-        io(&store, "res4", device),
-        io(&store, "res5", device),
-    );
+    let inputs = ["res2", "res3", "res4", "res5"].map(|name| io::<B, 4>(&store, name, device));
+    let [res2, res3, res4, res5] = inputs;
+    let output = if reference {
+        decoder.forward_reference(res2, res3, res4, res5)
+    } else {
+        decoder.forward(res2, res3, res4, res5)
+    };
     for (i, map) in output.multi_scale_features.into_iter().enumerate() {
         assert_close(
             &format!("multi_scale_{i}"),
@@ -99,6 +107,46 @@ fn ms_deform_attn_matches_pytorch_on_ndarray() {
 #[test]
 fn pixel_decoder_matches_pytorch_on_flex() {
     check_pixel_decoder::<burn::backend::Flex>(&Default::default());
+}
+
+/// The tensor-op encoder on the CPU too (the path of the GPU backends).
+#[test]
+fn pixel_decoder_reference_path_matches_pytorch_on_flex() {
+    check_pixel_decoder_with::<burn::backend::Flex>(&Default::default(), true);
+}
+
+/// The host encoder against the tensor-op one on a batch of two (the fixture has one frame).
+#[test]
+fn host_encoder_equals_reference_encoder_on_a_batch() {
+    type B = burn::backend::Flex;
+    let device = Default::default();
+    let store = fixture("pixel_decoder.safetensors");
+    let config: PixelDecoderConfig =
+        serde_json::from_value(config(&store)["clip_vis"].clone()).expect("clip_vis config");
+    let decoder =
+        MsDeformAttnPixelDecoder::<B>::load(&store, "", &config, &device).expect("weights");
+    let inputs = ["res2", "res3", "res4", "res5"].map(|name| {
+        let single = io::<B, 4>(&store, name, &device);
+        // A second, different frame: the first scaled and shifted.
+        Tensor::cat(vec![single.clone(), single * 0.7 + 0.3], 0)
+    });
+    let [res2, res3, res4, res5] = inputs.clone();
+    let host = decoder.forward(res2, res3, res4, res5);
+    let [res2, res3, res4, res5] = inputs;
+    let reference = decoder.forward_reference(res2, res3, res4, res5);
+    for (i, (ours, theirs)) in host
+        .multi_scale_features
+        .into_iter()
+        .zip(reference.multi_scale_features)
+        .enumerate()
+    {
+        assert_close(&format!("batched multi_scale_{i}"), ours, theirs);
+    }
+    assert_close(
+        "batched mask_features",
+        host.mask_features,
+        reference.mask_features,
+    );
 }
 
 #[test]

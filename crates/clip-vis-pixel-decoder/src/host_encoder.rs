@@ -1,0 +1,137 @@
+//! The deformable encoder on host buffers, for inference on the CPU backends.
+//!
+//! The same computation as the tensor-op encoder of [`crate::pixel_decoder`] (which stays its
+//! reference in tests and runs everywhere else): each layer's products go to `gemm` with the
+//! bias written in first, the sampling offsets and attention logits come out of one product,
+//! locations and softmaxed weights are formed in one pass per row for the direct sampling
+//! kernel ([`crate::deform_kernel::forward`]), and the FFN (linear, ReLU, linear, residual,
+//! LayerNorm) runs fused on row tiles that stay in one core's cache. The weights are copied
+//! from the Burn modules at every call (a few MB, about 1% of a frame's encoder time), so the
+//! kernels always see the module's current parameters.
+
+use crate::deform_kernel::{self, Geometry};
+use clip_vis_clip::host::{self, RowLinear, RowNorm};
+use rayon::prelude::*;
+
+/// Rows of one fused FFN tile (`rows x ffn_dim` hidden values stay in cache).
+const TILE_ROWS: usize = 128;
+
+/// One `MsDeformAttn` on host buffers.
+#[derive(Debug)]
+pub(crate) struct HostDeformAttn {
+    pub value: RowLinear,
+    /// `sampling_offsets` then `attention_weights`, side by side: one product for both.
+    pub query: RowLinear,
+    pub output: RowLinear,
+    pub heads: usize,
+    pub levels: usize,
+    pub points: usize,
+}
+
+impl HostDeformAttn {
+    /// `query` `[batch · queries, d]` (positions added), `input` `[batch · tokens, d]`,
+    /// `reference` `[queries, 2]` (`(x, y)` in `[0, 1]`, the same on every level and batch
+    /// item) → `[batch · queries, d]`.
+    fn forward(
+        &self,
+        query: &[f32],
+        input: &[f32],
+        reference: &[f32],
+        batch: usize,
+        shapes: &[(usize, usize)],
+        threads: usize,
+    ) -> Vec<f32> {
+        let d = self.value.d_output();
+        let (heads, levels, points) = (self.heads, self.levels, self.points);
+        let samples = heads * levels * points;
+        let rows = query.len() / d;
+        let queries = rows / batch;
+        let value = self.value.forward(input, threads);
+        let projected = self.query.forward(query, threads);
+        let mut locations = vec![0f32; rows * samples * 2];
+        let mut weights = vec![0f32; rows * samples];
+        locations
+            .par_chunks_mut(samples * 2)
+            .zip(weights.par_chunks_mut(samples))
+            .enumerate()
+            .for_each(|(row, (locations, weights))| {
+                let projected = &projected[row * samples * 3..(row + 1) * samples * 3];
+                let (offsets, logits) = projected.split_at(samples * 2);
+                let token = row % queries;
+                let (x, y) = (reference[token * 2], reference[token * 2 + 1]);
+                for head in 0..heads {
+                    for (level, &(h, w)) in shapes.iter().enumerate() {
+                        for point in 0..points {
+                            let sample = (head * levels + level) * points + point;
+                            // Offsets are in pixels of the level: divided by (W_l, H_l).
+                            locations[sample * 2] = x + offsets[sample * 2] / w as f32;
+                            locations[sample * 2 + 1] = y + offsets[sample * 2 + 1] / h as f32;
+                        }
+                    }
+                }
+                weights.copy_from_slice(logits);
+                for head in weights.chunks_exact_mut(levels * points) {
+                    host::softmax_in_place(head);
+                }
+            });
+        let geometry = Geometry {
+            batch,
+            queries,
+            heads,
+            levels,
+            points,
+            head_dim: d / heads,
+            shapes: shapes.to_vec(),
+        };
+        let sampled = deform_kernel::forward(&value, &locations, &weights, &geometry);
+        self.output.forward(&sampled, threads)
+    }
+}
+
+/// One encoder layer on host buffers:
+/// `src = LN1(src + MSDA(src + pos)); src = LN2(src + W2·ReLU(W1·src))`.
+#[derive(Debug)]
+pub(crate) struct HostEncoderLayer {
+    pub attention: HostDeformAttn,
+    pub norm1: RowNorm,
+    pub linear1: RowLinear,
+    pub linear2: RowLinear,
+    pub norm2: RowNorm,
+}
+
+impl HostEncoderLayer {
+    /// Updates `source` `[batch · tokens, d]` in place; `position` has the same shape.
+    pub fn forward(
+        &self,
+        source: &mut [f32],
+        position: &[f32],
+        reference: &[f32],
+        batch: usize,
+        shapes: &[(usize, usize)],
+    ) {
+        let d = self.norm1.gamma.len();
+        let threads = rayon::current_num_threads();
+        let mut query = source.to_vec();
+        query
+            .par_chunks_mut(TILE_ROWS * d)
+            .zip(position.par_chunks(TILE_ROWS * d))
+            .for_each(|(q, p)| host::add_in_place(q, p));
+        let attended = self
+            .attention
+            .forward(&query, source, reference, batch, shapes, threads);
+        source
+            .par_chunks_mut(TILE_ROWS * d)
+            .zip(attended.par_chunks(TILE_ROWS * d))
+            .for_each(|(s, a)| {
+                host::add_in_place(s, a);
+                self.norm1.apply_serial(s);
+            });
+        source.par_chunks_mut(TILE_ROWS * d).for_each(|tile| {
+            let mut hidden = self.linear1.forward(tile, 1);
+            host::relu_in_place(&mut hidden);
+            let out = self.linear2.forward(&hidden, 1);
+            host::add_in_place(tile, &out);
+            self.norm2.apply_serial(tile);
+        });
+    }
+}
