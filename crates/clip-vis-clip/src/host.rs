@@ -744,6 +744,175 @@ impl Patchify {
     }
 }
 
+/// A convolution on channels-last maps (`groups = 1`, square kernel, symmetric zero padding),
+/// with the bias and an optional ReLU: a 1x1 convolution is one matrix product over the
+/// pixels; any other goes through patch rows built a chunk at a time (a few MB, so the patch
+/// matrix of a large map never exists whole) and multiplied by the weights.
+#[derive(Debug, Clone)]
+pub struct Conv {
+    /// `[k · k · c_in, c_out]`, rows ordered (ky, kx, c_in) like a channels-last patch.
+    pub weight: Vec<f32>,
+    /// `[c_out]`.
+    pub bias: Vec<f32>,
+    /// Square kernel side.
+    pub kernel: usize,
+    /// Stride in both directions.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+    /// Input channels.
+    pub channels_in: usize,
+}
+
+/// Floats of one chunk of patch rows (8 MB).
+const PATCH_CHUNK: usize = 1 << 21;
+
+impl Conv {
+    /// The host copy of a Burn [`crate::nn::Conv2d`] (`groups = 1`; a missing bias reads as
+    /// zeros).
+    pub fn from_module<B: burn::tensor::backend::Backend>(conv: &crate::nn::Conv2d<B>) -> Self {
+        assert_eq!(conv.groups, 1, "host convolutions are dense");
+        let [channels_out, channels_in, kernel, _] = conv.weight.dims();
+        let bias = conv
+            .bias
+            .as_ref()
+            .map(|b| values(b.val()))
+            .unwrap_or_else(|| vec![0.0; channels_out]);
+        let patchify = Patchify::from_torch(&values(conv.weight.val()), bias, channels_in, kernel);
+        Self {
+            weight: patchify.weight,
+            bias: patchify.bias,
+            kernel,
+            stride: conv.stride,
+            padding: conv.padding,
+            channels_in,
+        }
+    }
+
+    /// Output channels.
+    pub fn channels_out(&self) -> usize {
+        self.bias.len()
+    }
+
+    /// `[batch, h, w, c_in]` → (`[batch, h', w', c_out]`, h', w'), PyTorch's output size.
+    pub fn forward(
+        &self,
+        x: &[f32],
+        batch: usize,
+        h: usize,
+        w: usize,
+        relu: bool,
+    ) -> (Vec<f32>, usize, usize) {
+        let (k, s, p, c) = (self.kernel, self.stride, self.padding, self.channels_in);
+        let oh = (h + 2 * p - k) / s + 1;
+        let ow = (w + 2 * p - k) / s + 1;
+        let rows = batch * oh * ow;
+        let channels_out = self.channels_out();
+        let threads = rayon::current_num_threads();
+        let mut out = vec![0f32; rows * channels_out];
+        fill_rows(&mut out, &self.bias);
+        if k == 1 && s == 1 && p == 0 {
+            matmul(
+                rows,
+                c,
+                channels_out,
+                x,
+                c,
+                &self.weight,
+                &mut out,
+                true,
+                threads,
+            );
+        } else {
+            let patch = k * k * c;
+            let chunk_rows = (PATCH_CHUNK / patch).max(64).min(rows);
+            let mut patches = vec![0f32; chunk_rows * patch];
+            for first in (0..rows).step_by(chunk_rows) {
+                let n = chunk_rows.min(rows - first);
+                patches[..n * patch]
+                    .par_chunks_mut(32 * patch)
+                    .enumerate()
+                    .for_each(|(group, block)| {
+                        for (i, row) in block.chunks_exact_mut(patch).enumerate() {
+                            let r = first + group * 32 + i;
+                            let (b, oy, ox) = (r / (oh * ow), (r / ow) % oh, r % ow);
+                            for ky in 0..k {
+                                let iy = (oy * s + ky) as isize - p as isize;
+                                for kx in 0..k {
+                                    let ix = (ox * s + kx) as isize - p as isize;
+                                    let dst = &mut row[(ky * k + kx) * c..(ky * k + kx + 1) * c];
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                        dst.fill(0.0);
+                                    } else {
+                                        let src = ((b * h + iy as usize) * w + ix as usize) * c;
+                                        dst.copy_from_slice(&x[src..src + c]);
+                                    }
+                                }
+                            }
+                        }
+                    });
+                matmul(
+                    n,
+                    patch,
+                    channels_out,
+                    &patches,
+                    patch,
+                    &self.weight,
+                    &mut out[first * channels_out..(first + n) * channels_out],
+                    true,
+                    threads,
+                );
+            }
+        }
+        if relu {
+            out.par_chunks_mut(1 << 14).for_each(relu_in_place);
+        }
+        (out, oh, ow)
+    }
+}
+
+/// `nn.AvgPool2d(k)` (kernel = stride = `k`, no padding, floor mode) on channels-last maps:
+/// (`[batch, h / k, w / k, c]`, h / k, w / k).
+pub fn avg_pool(
+    x: &[f32],
+    batch: usize,
+    h: usize,
+    w: usize,
+    channels: usize,
+    k: usize,
+) -> (Vec<f32>, usize, usize) {
+    let (oh, ow) = (h / k, w / k);
+    let mut out = vec![0f32; batch * oh * ow * channels];
+    let scale = 1.0 / (k * k) as f32;
+    out.par_chunks_mut(ow * channels)
+        .enumerate()
+        .for_each(|(row, out)| {
+            let (b, oy) = (row / oh, row % oh);
+            for ky in 0..k {
+                let src_row = &x[((b * h + oy * k + ky) * w) * channels..];
+                for ox in 0..ow {
+                    for kx in 0..k {
+                        let src = &src_row[(ox * k + kx) * channels..(ox * k + kx + 1) * channels];
+                        add_in_place(&mut out[ox * channels..(ox + 1) * channels], src);
+                    }
+                }
+            }
+            for v in out.iter_mut() {
+                *v *= scale;
+            }
+        });
+    (out, oh, ow)
+}
+
+multiversion! {
+    /// `x ← max(x + y, 0)`: a residual connection and its ReLU.
+    pub fn add_relu_in_place(x: &mut [f32], y: &[f32]) {
+        for (a, b) in x.iter_mut().zip(y) {
+            *a = (*a + b).max(0.0);
+        }
+    }
+}
+
 /// `[batch, channels, hw]` → `[batch, hw, channels]`.
 pub fn to_channels_last(x: &[f32], batch: usize, channels: usize, hw: usize) -> Vec<f32> {
     transpose_planes(x, batch, channels, hw)

@@ -127,7 +127,7 @@ impl<B: Backend> Clip<B> {
     /// backends run: the reference those kernels are tested against.
     pub fn features_reference(&self, pixels: Tensor<B, 4>) -> FeatureMaps<B> {
         match &self.visual {
-            VisionTower::ModifiedResNet(m) => m.features(pixels),
+            VisionTower::ModifiedResNet(m) => m.features_reference(pixels),
             VisionTower::ConvNext(m) => m.features_reference(pixels),
         }
     }

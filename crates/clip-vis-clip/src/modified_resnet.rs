@@ -7,7 +7,8 @@
 
 use crate::config::ModifiedResNetConfig;
 use crate::error::Result;
-use crate::nn::{linear_flat, load_linear, resize_bilinear, Conv2d, ConvSpec};
+use crate::host;
+use crate::nn::{is_host_backend, linear_flat, load_linear, resize_bilinear, Conv2d, ConvSpec};
 use crate::weights::TensorStore;
 use crate::FeatureMaps;
 use burn::module::{Module, Param};
@@ -16,7 +17,9 @@ use burn::tensor::activation::{relu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{attention, avg_pool2d};
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, Tensor, TensorData};
+use rayon::prelude::*;
+use std::sync::Arc;
 
 /// `nn.AvgPool2d(k)`: kernel = stride = `k`, no padding, floor mode.
 fn avg_pool<B: Backend>(x: Tensor<B, 4>, k: usize) -> Tensor<B, 4> {
@@ -277,6 +280,9 @@ pub struct ModifiedResNet<B: Backend> {
     conv3: Conv2d<B>,
     layers: Vec<Vec<Bottleneck<B>>>,
     attnpool: AttentionPool2d<B>,
+    /// The trunk's weights laid out for the host kernels, on the CPU backends without autodiff
+    /// (where [`ModifiedResNet::features`] runs them); `None` elsewhere.
+    host: Option<Arc<HostTrunk>>,
 }
 
 impl<B: Backend> ModifiedResNet<B> {
@@ -333,18 +339,35 @@ impl<B: Backend> ModifiedResNet<B> {
             output_dim,
             device,
         )?;
-        Ok(Self {
+        let mut model = Self {
             conv1,
             conv2,
             conv3,
             layers,
             attnpool,
-        })
+            host: None,
+        };
+        if is_host_backend::<B>(device) {
+            model.host = Some(Arc::new(HostTrunk::from_module(&model)));
+        }
+        Ok(model)
     }
 
     /// Stem (stride 2, before the average pool) and `res2..res5` (strides 4..32) of a
     /// normalised `[batch, 3, H, W]` image.
+    ///
+    /// On the CPU backends (without autodiff) this runs the host kernels of [`crate::host`]
+    /// channels-last; elsewhere, and in [`ModifiedResNet::features_reference`], Burn's ops.
     pub fn features(&self, pixels: Tensor<B, 4>) -> FeatureMaps<B> {
+        match &self.host {
+            Some(host) => host.features(pixels),
+            None => self.features_reference(pixels),
+        }
+    }
+
+    /// [`ModifiedResNet::features`] by Burn's tensor ops on any backend: the reference the
+    /// host kernels are tested against.
+    pub fn features_reference(&self, pixels: Tensor<B, 4>) -> FeatureMaps<B> {
         let mut x = relu(self.conv1.forward(pixels));
         x = relu(self.conv2.forward(x));
         let stem = relu(self.conv3.forward(x));
@@ -374,5 +397,103 @@ impl<B: Backend> ModifiedResNet<B> {
     /// `[num_masks, H * W]`: `[num_masks, output_dim]`.
     pub fn embed_masked(&self, res5: Tensor<B, 4>, masks: Tensor<B, 2, Bool>) -> Tensor<B, 2> {
         self.attnpool.masked_pool(res5, masks)
+    }
+}
+
+/// One bottleneck's weights for the host kernels.
+#[derive(Debug)]
+struct HostBottleneck {
+    conv1: host::Conv,
+    conv2: host::Conv,
+    conv3: host::Conv,
+    stride: usize,
+    downsample: Option<host::Conv>,
+}
+
+impl HostBottleneck {
+    /// `[batch, h, w, c]` → (`[batch, h / stride, w / stride, 4 planes]`, h', w').
+    fn forward(&self, x: &[f32], batch: usize, h: usize, w: usize) -> (Vec<f32>, usize, usize) {
+        let (out, _, _) = self.conv1.forward(x, batch, h, w, true);
+        let (mut out, mut oh, mut ow) = self.conv2.forward(&out, batch, h, w, true);
+        if self.stride > 1 {
+            let planes = self.conv2.channels_out();
+            (out, oh, ow) = host::avg_pool(&out, batch, oh, ow, planes, self.stride);
+        }
+        let (mut out, oh, ow) = self.conv3.forward(&out, batch, oh, ow, false);
+        let channels = self.conv3.channels_out();
+        let identity = match &self.downsample {
+            Some(projection) => {
+                let input_channels = projection.channels_in;
+                let pooled = if self.stride > 1 {
+                    host::avg_pool(x, batch, h, w, input_channels, self.stride).0
+                } else {
+                    x.to_vec()
+                };
+                projection.forward(&pooled, batch, oh, ow, false).0
+            }
+            None => x.to_vec(),
+        };
+        out.par_chunks_mut(256 * channels)
+            .zip(identity.par_chunks(256 * channels))
+            .for_each(|(o, i)| host::add_relu_in_place(o, i));
+        (out, oh, ow)
+    }
+}
+
+/// The ModifiedResNet trunk (stem to res5) prepared once for the host kernels: BatchNorms
+/// already folded, weights in the layouts the kernels read, activations channels-last.
+#[derive(Debug)]
+pub struct HostTrunk {
+    stem: [host::Conv; 3],
+    layers: Vec<Vec<HostBottleneck>>,
+}
+
+impl HostTrunk {
+    fn from_module<B: Backend>(model: &ModifiedResNet<B>) -> Self {
+        Self {
+            stem: [&model.conv1, &model.conv2, &model.conv3].map(host::Conv::from_module),
+            layers: model
+                .layers
+                .iter()
+                .map(|stage| {
+                    stage
+                        .iter()
+                        .map(|block| HostBottleneck {
+                            conv1: host::Conv::from_module(&block.conv1),
+                            conv2: host::Conv::from_module(&block.conv2),
+                            conv3: host::Conv::from_module(&block.conv3),
+                            stride: block.stride,
+                            downsample: block.downsample.as_ref().map(host::Conv::from_module),
+                        })
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
+    fn features<B: Backend>(&self, pixels: Tensor<B, 4>) -> FeatureMaps<B> {
+        let device = pixels.device();
+        let [batch, channels, h, w] = pixels.dims();
+        let to_tensor = |x: &[f32], h: usize, w: usize| {
+            let channels = x.len() / (batch * h * w);
+            let planar = host::to_channels_first(x, batch, h * w, channels);
+            Tensor::<B, 4>::from_data(TensorData::new(planar, [batch, channels, h, w]), &device)
+        };
+        let mut x = host::to_channels_last(&host::values(pixels), batch, channels, h * w);
+        let (mut h, mut w) = (h, w);
+        for conv in &self.stem {
+            (x, h, w) = conv.forward(&x, batch, h, w, true);
+        }
+        let stem = to_tensor(&x, h, w);
+        let stem_channels = self.stem[2].channels_out();
+        (x, h, w) = host::avg_pool(&x, batch, h, w, stem_channels, 2);
+        let mut levels = Vec::with_capacity(self.layers.len());
+        for stage in &self.layers {
+            for block in stage {
+                (x, h, w) = block.forward(&x, batch, h, w);
+            }
+            levels.push(to_tensor(&x, h, w));
+        }
+        FeatureMaps::from_stages(stem, levels)
     }
 }

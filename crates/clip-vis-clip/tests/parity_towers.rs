@@ -133,23 +133,25 @@ fn reference_trunks_match_open_clip_on_flex() {
 fn host_trunk_equals_reference_trunk_on_a_batch() {
     type B = burn::backend::Flex;
     let device = Default::default();
-    let store = fixture("convnext_small.safetensors");
-    let clip = Clip::<B>::load(&store, &fixture_config(&store), &device).expect("weights");
-    let pixels = Tensor::<B, 4>::random(
-        [2, 3, 96, 160],
-        burn::tensor::Distribution::Normal(0.0, 1.0),
-        &device,
-    );
-    let host = clip.features(pixels.clone());
-    let reference = clip.features_reference(pixels);
-    for (level, ours, theirs) in [
-        ("stem", host.stem, reference.stem),
-        ("res2", host.res2, reference.res2),
-        ("res3", host.res3, reference.res3),
-        ("res4", host.res4, reference.res4),
-        ("res5", host.res5, reference.res5),
-    ] {
-        assert_close(&format!("batched {level}"), ours, theirs);
+    for name in ["rn50_small.safetensors", "convnext_small.safetensors"] {
+        let store = fixture(name);
+        let clip = Clip::<B>::load(&store, &fixture_config(&store), &device).expect("weights");
+        let pixels = Tensor::<B, 4>::random(
+            [2, 3, 96, 160],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let host = clip.features(pixels.clone());
+        let reference = clip.features_reference(pixels);
+        for (level, ours, theirs) in [
+            ("stem", host.stem, reference.stem),
+            ("res2", host.res2, reference.res2),
+            ("res3", host.res3, reference.res3),
+            ("res4", host.res4, reference.res4),
+            ("res5", host.res5, reference.res5),
+        ] {
+            assert_close(&format!("{name} batched {level}"), ours, theirs);
+        }
     }
 }
 
