@@ -179,6 +179,7 @@ pub fn not_compiled(kind: DeviceKind) -> Error {
 }
 
 /// What is missing when a GPU backend cannot start, in the user's terms.
+#[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
 fn missing_driver(kind: DeviceKind, index: usize, cause: String) -> Error {
     let hint = match kind {
         DeviceKind::Wgpu => {
@@ -235,6 +236,11 @@ impl GpuDevice {
 /// GPU 0 (CUDA); more than one means GPUs `0..count` (wgpu: discrete GPUs). Each is probed with
 /// a tiny computation; a failure is an [`Error::Device`] naming the device.
 #[allow(unreachable_code, clippy::diverging_sub_expression)]
+// Without a GPU feature the loop body is only the error arm.
+#[cfg_attr(
+    not(any(feature = "wgpu", feature = "cuda")),
+    allow(unused_mut, unused_variables)
+)]
 pub fn gpu_devices(kind: DeviceKind, count: usize) -> Result<Vec<GpuDevice>> {
     if !kind.compiled_in() {
         return Err(not_compiled(kind));

@@ -745,9 +745,9 @@ impl Patchify {
 }
 
 /// A convolution on channels-last maps (`groups = 1`, square kernel, symmetric zero padding),
-/// with the bias and an optional ReLU: a 1x1 convolution is one matrix product over the
-/// pixels; any other goes through patch rows built a chunk at a time (a few MB, so the patch
-/// matrix of a large map never exists whole) and multiplied by the weights.
+/// with its bias and an optional residual and ReLU: a 1x1 convolution is a matrix product over
+/// the pixels; any other multiplies patch rows, built a chunk at a time (so the patch matrix of
+/// a large map never exists whole), by the weights.
 #[derive(Debug, Clone)]
 pub struct Conv {
     /// `[k · k · c_in, c_out]`, rows ordered (ky, kx, c_in) like a channels-last patch.
@@ -763,9 +763,6 @@ pub struct Conv {
     /// Input channels.
     pub channels_in: usize,
 }
-
-/// Floats of one chunk of patch rows (8 MB).
-const PATCH_CHUNK: usize = 1 << 21;
 
 impl Conv {
     /// The host copy of a Burn [`crate::nn::Conv2d`] (`groups = 1`; a missing bias reads as
@@ -794,13 +791,16 @@ impl Conv {
         self.bias.len()
     }
 
-    /// `[batch, h, w, c_in]` → (`[batch, h', w', c_out]`, h', w'), PyTorch's output size.
+    /// `[batch, h, w, c_in]` → (`[batch, h', w', c_out]`, h', w'), PyTorch's output size;
+    /// then `+ residual` (the output's shape) and a ReLU where asked.
+    ///
+    /// The output rows are split into chunks, one task each: the chunk's bias, patch rows,
+    /// product (on one core) and epilogue all happen while the chunk is in that core's cache.
     pub fn forward(
         &self,
         x: &[f32],
-        batch: usize,
-        h: usize,
-        w: usize,
+        (batch, h, w): (usize, usize, usize),
+        residual: Option<&[f32]>,
         relu: bool,
     ) -> (Vec<f32>, usize, usize) {
         let (k, s, p, c) = (self.kernel, self.stride, self.padding, self.channels_in);
@@ -808,67 +808,84 @@ impl Conv {
         let ow = (w + 2 * p - k) / s + 1;
         let rows = batch * oh * ow;
         let channels_out = self.channels_out();
-        let threads = rayon::current_num_threads();
+        let pointwise = k == 1 && s == 1 && p == 0;
+        let patch = k * k * c;
         let mut out = vec![0f32; rows * channels_out];
-        fill_rows(&mut out, &self.bias);
-        if k == 1 && s == 1 && p == 0 {
-            matmul(
-                rows,
-                c,
-                channels_out,
-                x,
-                c,
-                &self.weight,
-                &mut out,
-                true,
-                threads,
-            );
-        } else {
-            let patch = k * k * c;
-            let chunk_rows = (PATCH_CHUNK / patch).max(64).min(rows);
-            let mut patches = vec![0f32; chunk_rows * patch];
-            for first in (0..rows).step_by(chunk_rows) {
-                let n = chunk_rows.min(rows - first);
-                patches[..n * patch]
-                    .par_chunks_mut(32 * patch)
-                    .enumerate()
-                    .for_each(|(group, block)| {
-                        for (i, row) in block.chunks_exact_mut(patch).enumerate() {
-                            let r = first + group * 32 + i;
-                            let (b, oy, ox) = (r / (oh * ow), (r / ow) % oh, r % ow);
-                            for ky in 0..k {
-                                let iy = (oy * s + ky) as isize - p as isize;
-                                for kx in 0..k {
-                                    let ix = (ox * s + kx) as isize - p as isize;
-                                    let dst = &mut row[(ky * k + kx) * c..(ky * k + kx + 1) * c];
-                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                                        dst.fill(0.0);
-                                    } else {
-                                        let src = ((b * h + iy as usize) * w + ix as usize) * c;
-                                        dst.copy_from_slice(&x[src..src + c]);
-                                    }
+        let chunk_rows = chunk_rows(rows, if pointwise { 0 } else { patch });
+        out.par_chunks_mut(chunk_rows * channels_out)
+            .enumerate()
+            .for_each(|(chunk, out)| {
+                let first = chunk * chunk_rows;
+                let n = out.len() / channels_out;
+                fill_rows(out, &self.bias);
+                if pointwise {
+                    matmul(
+                        n,
+                        c,
+                        channels_out,
+                        &x[first * c..],
+                        c,
+                        &self.weight,
+                        out,
+                        true,
+                        1,
+                    );
+                } else {
+                    let mut patches = vec![0f32; n * patch];
+                    for (i, row) in patches.chunks_exact_mut(patch).enumerate() {
+                        let r = first + i;
+                        let (b, oy, ox) = (r / (oh * ow), (r / ow) % oh, r % ow);
+                        for ky in 0..k {
+                            let iy = (oy * s + ky) as isize - p as isize;
+                            for kx in 0..k {
+                                let ix = (ox * s + kx) as isize - p as isize;
+                                let dst = &mut row[(ky * k + kx) * c..(ky * k + kx + 1) * c];
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                    dst.fill(0.0);
+                                } else {
+                                    let src = ((b * h + iy as usize) * w + ix as usize) * c;
+                                    dst.copy_from_slice(&x[src..src + c]);
                                 }
                             }
                         }
-                    });
-                matmul(
-                    n,
-                    patch,
-                    channels_out,
-                    &patches,
-                    patch,
-                    &self.weight,
-                    &mut out[first * channels_out..(first + n) * channels_out],
-                    true,
-                    threads,
-                );
-            }
-        }
-        if relu {
-            out.par_chunks_mut(1 << 14).for_each(relu_in_place);
-        }
+                    }
+                    matmul(
+                        n,
+                        patch,
+                        channels_out,
+                        &patches,
+                        patch,
+                        &self.weight,
+                        out,
+                        true,
+                        1,
+                    );
+                }
+                match (residual, relu) {
+                    (Some(residual), true) => add_relu_in_place(
+                        out,
+                        &residual[first * channels_out..(first + n) * channels_out],
+                    ),
+                    (Some(residual), false) => add_in_place(
+                        out,
+                        &residual[first * channels_out..(first + n) * channels_out],
+                    ),
+                    (None, true) => relu_in_place(out),
+                    (None, false) => {}
+                }
+            });
         (out, oh, ow)
     }
+}
+
+/// Output rows per task of a chunked product: enough chunks to keep every thread busy, each
+/// large enough (≥ 64 rows) for the product to run at speed, its patch rows (`patch` floats
+/// each, 0 for none) within about 4 MB.
+fn chunk_rows(rows: usize, patch: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let balanced = rows.div_ceil(4 * threads);
+    let cached = if patch == 0 { 512 } else { (1 << 20) / patch };
+    balanced.min(cached).min(512).max(64).min(rows.max(1))
 }
 
 /// `nn.AvgPool2d(k)` (kernel = stride = `k`, no padding, floor mode) on channels-last maps:

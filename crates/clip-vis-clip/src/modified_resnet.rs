@@ -18,7 +18,6 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::{attention, avg_pool2d};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor, TensorData};
-use rayon::prelude::*;
 use std::sync::Arc;
 
 /// `nn.AvgPool2d(k)`: kernel = stride = `k`, no padding, floor mode.
@@ -413,30 +412,31 @@ struct HostBottleneck {
 impl HostBottleneck {
     /// `[batch, h, w, c]` → (`[batch, h / stride, w / stride, 4 planes]`, h', w').
     fn forward(&self, x: &[f32], batch: usize, h: usize, w: usize) -> (Vec<f32>, usize, usize) {
-        let (out, _, _) = self.conv1.forward(x, batch, h, w, true);
-        let (mut out, mut oh, mut ow) = self.conv2.forward(&out, batch, h, w, true);
+        let (out, _, _) = self.conv1.forward(x, (batch, h, w), None, true);
+        let (mut out, mut oh, mut ow) = self.conv2.forward(&out, (batch, h, w), None, true);
         if self.stride > 1 {
             let planes = self.conv2.channels_out();
             (out, oh, ow) = host::avg_pool(&out, batch, oh, ow, planes, self.stride);
         }
-        let (mut out, oh, ow) = self.conv3.forward(&out, batch, oh, ow, false);
-        let channels = self.conv3.channels_out();
+        let projected;
         let identity = match &self.downsample {
             Some(projection) => {
                 let input_channels = projection.channels_in;
-                let pooled = if self.stride > 1 {
-                    host::avg_pool(x, batch, h, w, input_channels, self.stride).0
+                let pooled;
+                let source = if self.stride > 1 {
+                    pooled = host::avg_pool(x, batch, h, w, input_channels, self.stride).0;
+                    &pooled
                 } else {
-                    x.to_vec()
+                    x
                 };
-                projection.forward(&pooled, batch, oh, ow, false).0
+                projected = projection.forward(source, (batch, oh, ow), None, false).0;
+                &projected
             }
-            None => x.to_vec(),
+            None => x,
         };
-        out.par_chunks_mut(256 * channels)
-            .zip(identity.par_chunks(256 * channels))
-            .for_each(|(o, i)| host::add_relu_in_place(o, i));
-        (out, oh, ow)
+        // conv3, the shortcut and the ReLU in one pass over each output chunk.
+        self.conv3
+            .forward(&out, (batch, oh, ow), Some(identity), true)
     }
 }
 
@@ -482,7 +482,7 @@ impl HostTrunk {
         let mut x = host::to_channels_last(&host::values(pixels), batch, channels, h * w);
         let (mut h, mut w) = (h, w);
         for conv in &self.stem {
-            (x, h, w) = conv.forward(&x, batch, h, w, true);
+            (x, h, w) = conv.forward(&x, (batch, h, w), None, true);
         }
         let stem = to_tensor(&x, h, w);
         let stem_channels = self.stem[2].channels_out();
