@@ -930,6 +930,57 @@ multiversion! {
     }
 }
 
+/// PyTorch's bilinear resize (`align_corners=False`, no antialiasing) of channels-last maps
+/// `[batch, h, w, c]` to `[batch, out_h, out_w, c]`, with the source positions and weights
+/// computed as PyTorch's CPU kernel does (`h0λ · (w0λ · x00 + w1λ · x01) + h1λ · (…)`).
+pub fn resize_bilinear_channels_last(
+    x: &[f32],
+    (batch, h, w, channels): (usize, usize, usize, usize),
+    (out_h, out_w): (usize, usize),
+) -> Vec<f32> {
+    let taps = |input: usize, output: usize| -> Vec<(usize, usize, f32)> {
+        let scale = input as f32 / output as f32;
+        (0..output)
+            .map(|i| {
+                let source = (scale * (i as f32 + 0.5) - 0.5).max(0.0);
+                let low = (source as usize).min(input - 1);
+                let high = (low + 1).min(input - 1);
+                (low, high, source - low as f32)
+            })
+            .collect()
+    };
+    let (rows, columns) = (taps(h, out_h), taps(w, out_w));
+    let mut out = vec![0f32; batch * out_h * out_w * channels];
+    out.par_chunks_mut(out_w * channels)
+        .enumerate()
+        .for_each(|(row, out)| {
+            let (b, y) = (row / out_h, row % out_h);
+            let (y0, y1, fy) = rows[y];
+            let image = &x[b * h * w * channels..(b + 1) * h * w * channels];
+            let line = |yy: usize, xx: usize| &image[(yy * w + xx) * channels..][..channels];
+            for (x, &(x0, x1, fx)) in columns.iter().enumerate() {
+                blend4(
+                    &mut out[x * channels..(x + 1) * channels],
+                    [line(y0, x0), line(y0, x1), line(y1, x0), line(y1, x1)],
+                    fx,
+                    fy,
+                );
+            }
+        });
+    out
+}
+
+multiversion! {
+    /// `out = (1 − fy)·((1 − fx)·a + fx·b) + fy·((1 − fx)·c + fx·d)` for corners [a, b, c, d].
+    fn blend4(out: &mut [f32], corners: [&[f32]; 4], fx: f32, fy: f32) {
+        let [a, b, c, d] = corners;
+        let (gx, gy) = (1.0 - fx, 1.0 - fy);
+        for i in 0..out.len() {
+            out[i] = gy * (gx * a[i] + fx * b[i]) + fy * (gx * c[i] + fx * d[i]);
+        }
+    }
+}
+
 /// `[batch, channels, hw]` → `[batch, hw, channels]`.
 pub fn to_channels_last(x: &[f32], batch: usize, channels: usize, hw: usize) -> Vec<f32> {
     transpose_planes(x, batch, channels, hw)

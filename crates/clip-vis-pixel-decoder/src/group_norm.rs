@@ -44,6 +44,16 @@ impl<B: Backend> GroupNorm<B> {
         sink.put(format!("{key}.bias"), self.beta.val());
     }
 
+    /// Host copy for the CPU inference path.
+    pub(crate) fn host(&self) -> crate::host::HostGroupNorm {
+        crate::host::HostGroupNorm {
+            gamma: clip_vis_clip::host::values(self.gamma.val()),
+            beta: clip_vis_clip::host::values(self.beta.val()),
+            groups: self.groups,
+            epsilon: EPS,
+        }
+    }
+
     /// Normalises each group of channels over its channels and all positions.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [batch, channels, height, width] = x.dims();

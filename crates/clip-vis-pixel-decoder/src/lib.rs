@@ -8,7 +8,7 @@
 
 mod deform_kernel;
 mod group_norm;
-mod host_encoder;
+mod host;
 pub mod ms_deform_attn;
 pub mod pixel_decoder;
 pub mod position_encoding;

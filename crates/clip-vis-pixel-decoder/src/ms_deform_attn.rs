@@ -90,9 +90,9 @@ impl<B: Backend> MsDeformAttn<B> {
     }
 
     /// Host copies of the weights, for the CPU inference encoder.
-    pub(crate) fn host(&self) -> crate::host_encoder::HostDeformAttn {
+    pub(crate) fn host(&self) -> crate::host::HostDeformAttn {
         use clip_vis_clip::host::RowLinear;
-        crate::host_encoder::HostDeformAttn {
+        crate::host::HostDeformAttn {
             value: RowLinear::from_module(&self.value_proj),
             query: RowLinear::concat(&[
                 &RowLinear::from_module(&self.sampling_offsets),

@@ -7,7 +7,7 @@
 //! convolution.
 
 use crate::group_norm::GroupNorm;
-use crate::host_encoder::HostEncoderLayer;
+use crate::host::HostEncoderLayer;
 use crate::ms_deform_attn::{MsDeformAttn, MsDeformAttnConfig};
 use crate::position_encoding::sine_position_tokens;
 use burn::module::{Module, Param};
@@ -15,6 +15,7 @@ use burn::nn::Linear;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use clip_vis_clip::host::Conv as HostConv;
 use clip_vis_clip::host::{self, RowLinear, RowNorm};
 use clip_vis_clip::nn::{
     is_host_backend, linear_flat, load_linear, resize_bilinear, save_linear, Conv2d, ConvSpec,
@@ -253,8 +254,8 @@ impl<B: Backend> MsDeformAttnPixelDecoder<B> {
 
     /// Decodes `res2..res5` (`[batch, C_l, H/s_l, W/s_l]`, strides 4, 8, 16, 32).
     ///
-    /// On the CPU backends without autodiff the deformable encoder runs on host buffers
-    /// (`host_encoder`); elsewhere, and in [`MsDeformAttnPixelDecoder::forward_reference`],
+    /// On the CPU backends without autodiff the deformable encoder and the FPN run on host buffers
+    /// (`crate::host`); elsewhere, and in [`MsDeformAttnPixelDecoder::forward_reference`],
     /// through Burn's tensor ops.
     pub fn forward(
         &self,
@@ -316,8 +317,7 @@ impl<B: Backend> MsDeformAttnPixelDecoder<B> {
                 }
             }
         }
-        let total: usize = shapes.iter().map(|(h, w)| h * w).sum();
-        let mut source = Tensor::cat(sources, 1);
+        let source = Tensor::cat(sources, 1);
         let position = Tensor::cat(positions, 1);
         if host_encoder {
             let mut values = host::values(source);
@@ -327,11 +327,11 @@ impl<B: Backend> MsDeformAttnPixelDecoder<B> {
                     .host()
                     .forward(&mut values, &position, &references, batch, &shapes);
             }
-            source = Tensor::from_data(TensorData::new(values, [batch, total, d]), &device);
+            self.fpn_host(&values, batch, &shapes, res2)
         } else {
-            source = self.encode(source, position, references, &shapes);
+            let source = self.encode(source, position, references, &shapes);
+            self.fpn(source, &shapes, res2)
         }
-        self.fpn(source, &shapes, res2)
     }
 
     /// The tensor-op encoder: `source` and `position` `[batch, tokens, d]`, `references` the
@@ -365,6 +365,70 @@ impl<B: Backend> MsDeformAttnPixelDecoder<B> {
             source = layer.norm2.forward(source + hidden);
         }
         source
+    }
+
+    /// [`MsDeformAttnPixelDecoder::fpn`] on host buffers: `source` `[batch, tokens, d]`
+    /// channels-last from the host encoder.
+    fn fpn_host(
+        &self,
+        source: &[f32],
+        batch: usize,
+        shapes: &[(usize, usize)],
+        res2: Tensor<B, 4>,
+    ) -> PixelDecoderOutput<B> {
+        let device = res2.device();
+        let d = self.conv_dim;
+        let total: usize = shapes.iter().map(|(h, w)| h * w).sum();
+        // Each level's tokens of every batch item, `[batch, h·w, d]`.
+        let mut start = 0;
+        let levels: Vec<Vec<f32>> = shapes
+            .iter()
+            .map(|&(h, w)| {
+                let mut level = Vec::with_capacity(batch * h * w * d);
+                for b in 0..batch {
+                    let first = (b * total + start) * d;
+                    level.extend_from_slice(&source[first..first + h * w * d]);
+                }
+                start += h * w;
+                level
+            })
+            .collect();
+        let to_tensor = |x: &[f32], (h, w): (usize, usize)| {
+            let channels = x.len() / (batch * h * w);
+            let planar = host::to_channels_first(x, batch, h * w, channels);
+            Tensor::<B, 4>::from_data(TensorData::new(planar, [batch, channels, h, w]), &device)
+        };
+        let [_, c2, h2, w2] = res2.dims();
+        let res2 = host::to_channels_last(&host::values(res2), batch, c2, h2 * w2);
+        let (mut x, _, _) = HostConv::from_module(&self.adapter_1.conv).forward(
+            &res2,
+            (batch, h2, w2),
+            None,
+            false,
+        );
+        self.adapter_1.norm.host().apply(&mut x, batch, false);
+        let (h, w) = shapes[ENCODER_LEVELS - 1];
+        let upsampled = host::resize_bilinear_channels_last(
+            &levels[ENCODER_LEVELS - 1],
+            (batch, h, w, d),
+            (h2, w2),
+        );
+        host::add_in_place(&mut x, &upsampled);
+        let (mut x, _, _) =
+            HostConv::from_module(&self.layer_1.conv).forward(&x, (batch, h2, w2), None, false);
+        self.layer_1.norm.host().apply(&mut x, batch, true);
+        let (mask_features, _, _) =
+            HostConv::from_module(&self.mask_features).forward(&x, (batch, h2, w2), None, false);
+        let maps: Vec<Tensor<B, 4>> = levels
+            .iter()
+            .zip(shapes)
+            .map(|(level, &shape)| to_tensor(level, shape))
+            .collect();
+        let [m0, m1, m2]: [Tensor<B, 4>; 3] = maps.try_into().expect("three encoder levels");
+        PixelDecoderOutput {
+            mask_features: to_tensor(&mask_features, (h2, w2)),
+            multi_scale_features: [m0, m1, m2],
+        }
     }
 
     /// The encoder's levels as maps, and the FPN level at stride 4 with the mask features.

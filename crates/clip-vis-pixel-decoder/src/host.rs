@@ -1,6 +1,7 @@
-//! The deformable encoder on host buffers, for inference on the CPU backends.
+//! The pixel decoder on host buffers, for inference on the CPU backends: the deformable encoder
+//! and the FPN level, channels-last.
 //!
-//! The same computation as the tensor-op encoder of [`crate::pixel_decoder`] (which stays its
+//! The same computation as the tensor-op decoder of [`crate::pixel_decoder`] (which stays its
 //! reference in tests and runs everywhere else): each layer's products go to `gemm` with the
 //! bias written in first, the sampling offsets and attention logits come out of one product,
 //! locations and softmaxed weights are formed in one pass per row for the direct sampling
@@ -133,5 +134,73 @@ impl HostEncoderLayer {
             host::add_in_place(tile, &out);
             self.norm2.apply_serial(tile);
         });
+    }
+}
+
+/// A GroupNorm on channels-last maps: statistics per (batch item, group) over the group's
+/// channels and every position, accumulated in f64.
+#[derive(Debug)]
+pub(crate) struct HostGroupNorm {
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+    pub groups: usize,
+    pub epsilon: f64,
+}
+
+impl HostGroupNorm {
+    /// Normalises `x` `[batch, positions, channels]` in place, then a ReLU where asked.
+    pub fn apply(&self, x: &mut [f32], batch: usize, relu: bool) {
+        let channels = self.gamma.len();
+        let per_group = channels / self.groups;
+        let positions = x.len() / (batch * channels);
+        for image in x.chunks_exact_mut(positions * channels) {
+            // Sums and sums of squares per group, over position chunks in parallel.
+            let partial: Vec<Vec<(f64, f64)>> = image
+                .par_chunks(TILE_ROWS * channels)
+                .map(|rows| {
+                    let mut sums = vec![(0f64, 0f64); self.groups];
+                    for row in rows.chunks_exact(channels) {
+                        for (g, values) in row.chunks_exact(per_group).enumerate() {
+                            let (s, q) = values
+                                .iter()
+                                .fold((0f32, 0f32), |(s, q), &v| (s + v, q + v * v));
+                            sums[g].0 += s as f64;
+                            sums[g].1 += q as f64;
+                        }
+                    }
+                    sums
+                })
+                .collect();
+            let count = (positions * per_group) as f64;
+            let mut scale = vec![0f32; channels];
+            let mut shift = vec![0f32; channels];
+            for g in 0..self.groups {
+                let (s, q) = partial
+                    .iter()
+                    .fold((0f64, 0f64), |(s, q), p| (s + p[g].0, q + p[g].1));
+                let mean = s / count;
+                let variance = (q / count - mean * mean).max(0.0);
+                let inv = 1.0 / (variance + self.epsilon).sqrt();
+                for c in g * per_group..(g + 1) * per_group {
+                    scale[c] = (inv * self.gamma[c] as f64) as f32;
+                    shift[c] = (self.beta[c] as f64 - mean * inv * self.gamma[c] as f64) as f32;
+                }
+            }
+            image.par_chunks_mut(TILE_ROWS * channels).for_each(|rows| {
+                scale_shift_rows(rows, &scale, &shift, relu);
+            });
+        }
+    }
+}
+
+/// `x ← x · scale + shift` per channel (then ReLU where asked).
+fn scale_shift_rows(x: &mut [f32], scale: &[f32], shift: &[f32], relu: bool) {
+    for row in x.chunks_exact_mut(scale.len()) {
+        for ((v, a), b) in row.iter_mut().zip(scale).zip(shift) {
+            *v = *v * a + b;
+        }
+    }
+    if relu {
+        host::relu_in_place(x);
     }
 }
