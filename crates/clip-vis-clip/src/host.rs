@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 
 /// The widest instruction set the running CPU offers among those the kernels are built for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Level {
+pub enum Level {
     /// AVX-512 (F, VL) with AVX2 and FMA.
     V4,
     /// AVX2 with FMA.
@@ -28,7 +28,7 @@ pub(crate) enum Level {
 }
 
 /// Detected once per process.
-pub(crate) fn level() -> Level {
+pub fn level() -> Level {
     static LEVEL: OnceLock<Level> = OnceLock::new();
     *LEVEL.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
@@ -47,34 +47,41 @@ pub(crate) fn level() -> Level {
 
 /// Defines `fn name(args)` whose body is compiled for each [`Level`] and run at the best one the
 /// CPU has. The body is an `#[inline(always)]` function inlined into `#[target_feature]`
-/// wrappers, so the compiler vectorises it with that level's registers.
-macro_rules! multiversion {
+/// wrappers, so the compiler vectorises it with that level's registers. Exported for the
+/// decoder crates' host kernels.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! host_multiversion {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
         $vis fn $name($($arg: $ty),*) {
             #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
             fn body($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
                 unsafe fn v4($($arg: $ty),*) {
                     body($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
                 unsafe fn v3($($arg: $ty),*) {
                     body($($arg),*)
                 }
-                match level() {
+                match $crate::host::level() {
                     // SAFETY: `level()` detected these features on the running CPU.
-                    Level::V4 => return unsafe { v4($($arg),*) },
-                    Level::V3 => return unsafe { v3($($arg),*) },
-                    Level::Base => {}
+                    $crate::host::Level::V4 => return unsafe { v4($($arg),*) },
+                    $crate::host::Level::V3 => return unsafe { v3($($arg),*) },
+                    $crate::host::Level::Base => {}
                 }
             }
             body($($arg),*)
         }
     };
 }
+use host_multiversion as multiversion;
 
 /// Lanes of the chunked accumulators: wide enough for one AVX-512 register, so that a sum over
 /// a row vectorises (float addition is not reassociated by the compiler on its own).

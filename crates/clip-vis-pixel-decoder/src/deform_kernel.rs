@@ -93,36 +93,63 @@ pub(crate) fn forward(value: &[f32], locations: &[f32], weights: &[f32], g: &Geo
     let (d, tokens, samples, starts) = (g.d(), g.tokens(), g.samples(), g.starts());
     let mut output = vec![0f32; g.batch * g.queries * d];
     output.par_chunks_mut(d).enumerate().for_each(|(row, out)| {
-        let value = &value[(row / g.queries) * tokens * d..][..tokens * d];
-        let locations = &locations[row * samples * 2..][..samples * 2];
-        let weights = &weights[row * samples..][..samples];
-        let mut corner_list = Vec::with_capacity(4);
+        forward_row(
+            out,
+            &value[(row / g.queries) * tokens * d..][..tokens * d],
+            &locations[row * samples * 2..][..samples * 2],
+            &weights[row * samples..][..samples],
+            g,
+            &starts,
+        );
+    });
+    output
+}
+
+clip_vis_clip::host_multiversion! {
+    /// One (batch, query) row of [`forward`]: the corners inline (same arithmetic as
+    /// [`corners`]), each one's contribution a vectorised multiply-add over the head's values.
+    fn forward_row(
+        out: &mut [f32],
+        value: &[f32],
+        locations: &[f32],
+        weights: &[f32],
+        g: &Geometry,
+        starts: &[usize],
+    ) {
+        let d = g.d();
         for head in 0..g.heads {
             let out = &mut out[head * g.head_dim..][..g.head_dim];
             for (level, &(h, w)) in g.shapes.iter().enumerate() {
                 for point in 0..g.points {
                     let sample = (head * g.levels + level) * g.points + point;
                     let weight = weights[sample];
-                    corners(
-                        locations[sample * 2],
-                        locations[sample * 2 + 1],
-                        h,
-                        w,
-                        starts[level],
-                        &mut corner_list,
-                    );
-                    for corner in &corner_list {
-                        let scale = weight * corner.weight;
-                        let v = &value[corner.token * d + head * g.head_dim..][..g.head_dim];
-                        for (o, v) in out.iter_mut().zip(v) {
-                            *o += scale * v;
+                    let x = locations[sample * 2] * w as f32 - 0.5;
+                    let y = locations[sample * 2 + 1] * h as f32 - 0.5;
+                    let (x0, y0) = (x.floor(), y.floor());
+                    let (fx, fy) = (x - x0, y - y0);
+                    let (x0, y0) = (x0 as isize, y0 as isize);
+                    for (dy, wy) in [(0, 1.0 - fy), (1, fy)] {
+                        let cy = y0 + dy;
+                        if cy < 0 || cy >= h as isize {
+                            continue;
+                        }
+                        for (dx, wx) in [(0, 1.0 - fx), (1, fx)] {
+                            let cx = x0 + dx;
+                            if cx < 0 || cx >= w as isize {
+                                continue;
+                            }
+                            let token = starts[level] + cy as usize * w + cx as usize;
+                            let scale = weight * (wy * wx);
+                            let v = &value[token * d + head * g.head_dim..][..g.head_dim];
+                            for (o, v) in out.iter_mut().zip(v) {
+                                *o += scale * v;
+                            }
                         }
                     }
                 }
             }
         }
-    });
-    output
+    }
 }
 
 /// The gradients of [`forward`] with respect to its three inputs, given the output gradient
