@@ -577,6 +577,15 @@ multiversion! {
 }
 
 multiversion! {
+    /// `x += a · y` elementwise.
+    pub fn add_scaled(x: &mut [f32], y: &[f32], a: f32) {
+        for (p, q) in x.iter_mut().zip(y) {
+            *p += a * q;
+        }
+    }
+}
+
+multiversion! {
     /// `x += y` elementwise.
     pub fn add_in_place(x: &mut [f32], y: &[f32]) {
         for (a, b) in x.iter_mut().zip(y) {

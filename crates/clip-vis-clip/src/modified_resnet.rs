@@ -18,6 +18,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::{attention, avg_pool2d};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor, TensorData};
+use rayon::prelude::*;
 use std::sync::Arc;
 
 /// `nn.AvgPool2d(k)`: kernel = stride = `k`, no padding, floor mode.
@@ -102,6 +103,9 @@ pub struct AttentionPool2d<B: Backend> {
     v_proj: Linear<B>,
     c_proj: Linear<B>,
     num_heads: usize,
+    /// The projections laid out for the host kernels, on the CPU backends without autodiff
+    /// (where the masked pooling runs them); `None` elsewhere.
+    host: Option<Arc<HostAttentionPool>>,
 }
 
 impl<B: Backend> AttentionPool2d<B> {
@@ -135,6 +139,7 @@ impl<B: Backend> AttentionPool2d<B> {
             v_proj: linear("v_proj", embed_dim)?,
             c_proj: linear("c_proj", output_dim)?,
             num_heads,
+            host: None,
         })
     }
 
@@ -179,6 +184,19 @@ impl<B: Backend> AttentionPool2d<B> {
     ) -> Tensor<B, 2> {
         let [_, length, channels] = tokens.dims();
         let num_masks = blocked.dims()[0];
+        if let Some(host) = &self.host {
+            let device = tokens.device();
+            let pooled = host.attend_masked(
+                &host::values(query),
+                &host::values(tokens),
+                &blocked
+                    .into_data()
+                    .into_vec::<bool>()
+                    .expect("a boolean tensor's data holds booleans"),
+            );
+            let width = host.c.d_output();
+            return Tensor::from_data(TensorData::new(pooled, [num_masks, width]), &device);
+        }
         let heads = self.num_heads;
         let head_dim = channels / heads;
         let tokens = tokens.reshape([length, channels]);
@@ -348,6 +366,16 @@ impl<B: Backend> ModifiedResNet<B> {
         };
         if is_host_backend::<B>(device) {
             model.host = Some(Arc::new(HostTrunk::from_module(&model)));
+            let pool = &model.attnpool;
+            model.attnpool.host = Some(Arc::new(HostAttentionPool {
+                q: host::RowLinear::from_module(&pool.q_proj),
+                kv: host::RowLinear::concat(&[
+                    &host::RowLinear::from_module(&pool.k_proj),
+                    &host::RowLinear::from_module(&pool.v_proj),
+                ]),
+                c: host::RowLinear::from_module(&pool.c_proj),
+                heads: pool.num_heads,
+            }));
         }
         Ok(model)
     }
@@ -495,5 +523,66 @@ impl HostTrunk {
             levels.push(to_tensor(&x, h, w));
         }
         FeatureMaps::from_stages(stem, levels)
+    }
+}
+
+/// The attention pool's projections for the host kernels (keys and values side by side: one
+/// product).
+#[derive(Debug)]
+pub struct HostAttentionPool {
+    q: host::RowLinear,
+    kv: host::RowLinear,
+    c: host::RowLinear,
+    heads: usize,
+}
+
+impl HostAttentionPool {
+    /// [`AttentionPool2d::attend_masked`] on host buffers: `query` `[C]`, `tokens` `[L, C]`,
+    /// `blocked` `[masks, L]` → `[masks, output_dim]`. The shared query's scores against the
+    /// keys are computed once; per mask and head only the masked softmax and the weighted sum
+    /// of the values, masks spread over the threads.
+    fn attend_masked(&self, query: &[f32], tokens: &[f32], blocked: &[bool]) -> Vec<f32> {
+        let channels = self.q.d_output();
+        let length = tokens.len() / channels;
+        let masks = blocked.len() / length.max(1);
+        let head_dim = channels / self.heads;
+        let threads = rayon::current_num_threads();
+        let q = self.q.forward(query, 1);
+        let kv = self.kv.forward(tokens, threads);
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        // [heads, L] scores of the one query.
+        let mut scores = vec![0f32; self.heads * length];
+        for (l, row) in kv.chunks_exact(2 * channels).enumerate() {
+            for h in 0..self.heads {
+                let k = &row[h * head_dim..(h + 1) * head_dim];
+                let q = &q[h * head_dim..(h + 1) * head_dim];
+                scores[h * length + l] = k.iter().zip(q).map(|(a, b)| a * b).sum::<f32>() * scale;
+            }
+        }
+        let mut context = vec![0f32; masks * channels];
+        context
+            .par_chunks_mut(channels)
+            .zip(blocked.par_chunks(length))
+            .for_each(|(context, blocked)| {
+                let mut weights = vec![0f32; length];
+                for h in 0..self.heads {
+                    for (l, w) in weights.iter_mut().enumerate() {
+                        *w = if blocked[l] {
+                            f32::NEG_INFINITY
+                        } else {
+                            scores[h * length + l]
+                        };
+                    }
+                    host::softmax_in_place(&mut weights);
+                    let out = &mut context[h * head_dim..(h + 1) * head_dim];
+                    for (l, &w) in weights.iter().enumerate() {
+                        if w != 0.0 {
+                            let v = &kv[l * 2 * channels + channels + h * head_dim..][..head_dim];
+                            host::add_scaled(out, v, w);
+                        }
+                    }
+                }
+            });
+        self.c.forward(&context, threads)
     }
 }

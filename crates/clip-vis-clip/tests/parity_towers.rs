@@ -155,6 +155,16 @@ fn host_trunk_equals_reference_trunk_on_a_batch() {
     }
 }
 
+/// Under autodiff the CPU backends take Burn's tensor ops everywhere (no host kernels): the
+/// generic dense pooling and text paths are held against PyTorch here too.
+#[test]
+fn towers_match_open_clip_under_autodiff() {
+    type B = burn::backend::Autodiff<burn::backend::Flex>;
+    for name in ["rn50_small.safetensors", "convnext_small.safetensors"] {
+        check_model::<B>(name, &Default::default());
+    }
+}
+
 #[test]
 fn rn50_small_matches_open_clip_on_ndarray() {
     check_model::<burn::backend::NdArray>("rn50_small.safetensors", &Default::default());
