@@ -19,7 +19,8 @@ use burn::tensor::module::{attention, avg_pool2d};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor, TensorData};
 use rayon::prelude::*;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// `nn.AvgPool2d(k)`: kernel = stride = `k`, no padding, floor mode.
 fn avg_pool<B: Backend>(x: Tensor<B, 4>, k: usize) -> Tensor<B, 4> {
@@ -184,19 +185,6 @@ impl<B: Backend> AttentionPool2d<B> {
     ) -> Tensor<B, 2> {
         let [_, length, channels] = tokens.dims();
         let num_masks = blocked.dims()[0];
-        if let Some(host) = &self.host {
-            let device = tokens.device();
-            let pooled = host.attend_masked(
-                &host::values(query),
-                &host::values(tokens),
-                &blocked
-                    .into_data()
-                    .into_vec::<bool>()
-                    .expect("a boolean tensor's data holds booleans"),
-            );
-            let width = host.c.d_output();
-            return Tensor::from_data(TensorData::new(pooled, [num_masks, width]), &device);
-        }
         let heads = self.num_heads;
         let head_dim = channels / heads;
         let tokens = tokens.reshape([length, channels]);
@@ -262,6 +250,22 @@ impl<B: Backend> AttentionPool2d<B> {
     fn masked_pool(&self, x: Tensor<B, 4>, masks: Tensor<B, 2, Bool>) -> Tensor<B, 2> {
         let [_, channels, height, width] = x.dims();
         let num_masks = masks.dims()[0];
+        if let Some(host) = &self.host {
+            let device = x.device();
+            let spatial = host.spatial_positions(height, width, || {
+                host::values(self.spatial_positional_embedding(height, width))
+            });
+            let pooled = host.masked_pool(
+                &host::values(x),
+                &spatial,
+                &masks
+                    .into_data()
+                    .into_vec::<bool>()
+                    .expect("a boolean tensor's data holds booleans"),
+            );
+            let width = host.c.d_output();
+            return Tensor::from_data(TensorData::new(pooled, [num_masks, width]), &device);
+        }
         let tokens = x.reshape([1, channels, height * width]).swap_dims(1, 2);
         let query = tokens.clone().mean_dim(1)
             + self
@@ -369,12 +373,16 @@ impl<B: Backend> ModifiedResNet<B> {
             let pool = &model.attnpool;
             model.attnpool.host = Some(Arc::new(HostAttentionPool {
                 q: host::RowLinear::from_module(&pool.q_proj),
-                kv: host::RowLinear::concat(&[
-                    &host::RowLinear::from_module(&pool.k_proj),
-                    &host::RowLinear::from_module(&pool.v_proj),
-                ]),
+                k: host::RowLinear::from_module(&pool.k_proj),
+                v: host::RowLinear::from_module(&pool.v_proj),
                 c: host::RowLinear::from_module(&pool.c_proj),
+                mean_position: host::values(
+                    pool.positional_embedding
+                        .val()
+                        .slice([0..1, 0..pool.q_proj.weight.dims()[0]]),
+                ),
                 heads: pool.num_heads,
+                spatial: Mutex::new(HashMap::new()),
             }));
         }
         Ok(model)
@@ -526,63 +534,139 @@ impl HostTrunk {
     }
 }
 
-/// The attention pool's projections for the host kernels (keys and values side by side: one
-/// product).
+/// The attention pool's weights for the host kernels, and its resized spatial positional
+/// embeddings by map size (the same for every frame of a video).
 #[derive(Debug)]
 pub struct HostAttentionPool {
     q: host::RowLinear,
-    kv: host::RowLinear,
+    k: host::RowLinear,
+    v: host::RowLinear,
     c: host::RowLinear,
+    /// Row 0 of the positional embedding (the mean token's).
+    mean_position: Vec<f32>,
     heads: usize,
+    spatial: Mutex<HashMap<(usize, usize), Arc<Vec<f32>>>>,
 }
 
 impl HostAttentionPool {
-    /// [`AttentionPool2d::attend_masked`] on host buffers: `query` `[C]`, `tokens` `[L, C]`,
-    /// `blocked` `[masks, L]` → `[masks, output_dim]`. The shared query's scores against the
-    /// keys are computed once; per mask and head only the masked softmax and the weighted sum
-    /// of the values, masks spread over the threads.
-    fn attend_masked(&self, query: &[f32], tokens: &[f32], blocked: &[bool]) -> Vec<f32> {
+    /// The `[h·w, C]` spatial positional embedding at `(h, w)`, computed by `resize` once.
+    fn spatial_positions(
+        &self,
+        h: usize,
+        w: usize,
+        resize: impl FnOnce() -> Vec<f32>,
+    ) -> Arc<Vec<f32>> {
+        let mut cache = self.spatial.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry((h, w))
+            .or_insert_with(|| Arc::new(resize()))
+            .clone()
+    }
+
+    /// [`AttentionPool2d::masked_pool`] on host buffers: `x` one image's `[C, L]` res5,
+    /// `spatial` `[L, C]`, `masks` `[masks, L]` (true = inside) → `[masks, output_dim]`.
+    ///
+    /// Every mask has the same query, so its scores against the keys are one row per head,
+    /// computed without projecting the keys: `q_h · (W_k x + b_k)_h = (W_kᵀ q)_h · x +
+    /// q_h · b_{k,h}`, the same products reassociated (the key projection of all positions
+    /// would be half the pool's work). Per mask and head only the masked softmax of that row
+    /// and the weighted sum of the projected values remain, masks spread over the threads.
+    fn masked_pool(&self, x: &[f32], spatial: &[f32], masks: &[bool]) -> Vec<f32> {
         let channels = self.q.d_output();
-        let length = tokens.len() / channels;
-        let masks = blocked.len() / length.max(1);
-        let head_dim = channels / self.heads;
+        let length = x.len() / channels;
+        let count = masks.len() / length.max(1);
+        let heads = self.heads;
+        let head_dim = channels / heads;
         let threads = rayon::current_num_threads();
-        let q = self.q.forward(query, 1);
-        let kv = self.kv.forward(tokens, threads);
-        let scale = 1.0 / (head_dim as f32).sqrt();
-        // [heads, L] scores of the one query.
-        let mut scores = vec![0f32; self.heads * length];
-        for (l, row) in kv.chunks_exact(2 * channels).enumerate() {
-            for h in 0..self.heads {
-                let k = &row[h * head_dim..(h + 1) * head_dim];
-                let q = &q[h * head_dim..(h + 1) * head_dim];
-                scores[h * length + l] = k.iter().zip(q).map(|(a, b)| a * b).sum::<f32>() * scale;
+        let tokens = host::to_channels_last(x, 1, channels, length);
+        // Query: the mean of the raw tokens plus the mean token's position.
+        let mut query = vec![0f32; channels];
+        for row in tokens.chunks_exact(channels) {
+            host::add_in_place(&mut query, row);
+        }
+        for (q, p) in query.iter_mut().zip(&self.mean_position) {
+            *q = *q / length as f32 + p;
+        }
+        let mut keys = tokens;
+        host::add_in_place(&mut keys, spatial);
+        let q = self.q.forward(&query, 1);
+        let values = self.v.forward(&keys, threads);
+        // Folded key weights `[C, heads]` (column h = W_k,h q_h) and bias terms q_h · b_k,h.
+        let mut folded = vec![0f32; channels * heads];
+        for (row, weights) in self.k.weight.chunks_exact(channels).enumerate() {
+            for h in 0..heads {
+                let range = h * head_dim..(h + 1) * head_dim;
+                folded[row * heads + h] = dot(&weights[range.clone()], &q[range]);
             }
         }
-        let mut context = vec![0f32; masks * channels];
+        let offsets: Vec<f32> = (0..heads)
+            .map(|h| {
+                let range = h * head_dim..(h + 1) * head_dim;
+                dot(&self.k.bias[range.clone()], &q[range])
+            })
+            .collect();
+        let mut scores_lh = vec![0f32; length * heads];
+        host::matmul(
+            length,
+            channels,
+            heads,
+            &keys,
+            channels,
+            &folded,
+            &mut scores_lh,
+            false,
+            1,
+        );
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        // [heads, L] scaled scores.
+        let mut scores = vec![0f32; heads * length];
+        for l in 0..length {
+            for h in 0..heads {
+                scores[h * length + l] = (scores_lh[l * heads + h] + offsets[h]) * scale;
+            }
+        }
+        let mut context = vec![0f32; count * channels];
         context
             .par_chunks_mut(channels)
-            .zip(blocked.par_chunks(length))
-            .for_each(|(context, blocked)| {
+            .zip(masks.par_chunks(length))
+            .for_each(|(context, inside)| {
+                // An empty mask pools to zeros (the reference's NaN, whose logits are zeroed).
+                if !inside.iter().any(|&v| v) {
+                    return;
+                }
                 let mut weights = vec![0f32; length];
-                for h in 0..self.heads {
+                for h in 0..heads {
                     for (l, w) in weights.iter_mut().enumerate() {
-                        *w = if blocked[l] {
-                            f32::NEG_INFINITY
-                        } else {
+                        *w = if inside[l] {
                             scores[h * length + l]
+                        } else {
+                            f32::NEG_INFINITY
                         };
                     }
                     host::softmax_in_place(&mut weights);
                     let out = &mut context[h * head_dim..(h + 1) * head_dim];
                     for (l, &w) in weights.iter().enumerate() {
                         if w != 0.0 {
-                            let v = &kv[l * 2 * channels + channels + h * head_dim..][..head_dim];
-                            host::add_scaled(out, v, w);
+                            host::add_scaled(
+                                out,
+                                &values[l * channels + h * head_dim..][..head_dim],
+                                w,
+                            );
                         }
                     }
                 }
             });
-        self.c.forward(&context, threads)
+        let mut pooled = self.c.forward(&context, threads);
+        let width = self.c.d_output();
+        for (row, inside) in pooled.chunks_exact_mut(width).zip(masks.chunks(length)) {
+            if !inside.iter().any(|&v| v) {
+                row.fill(0.0);
+            }
+        }
+        pooled
     }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
