@@ -520,16 +520,11 @@ pub fn attention(
 /// `softmax(scale · scores)` over one row in place, blocked entries excluded (weight 0); all
 /// zeros when every entry is blocked.
 fn softmax_row(scores: &mut [f32], blocked: Option<&[bool]>, scale: f32) {
-    if let Some(blocked) = blocked {
-        for (s, &b) in scores.iter_mut().zip(blocked) {
-            *s = if b { f32::NEG_INFINITY } else { *s * scale };
-        }
-    } else {
-        for s in scores.iter_mut() {
-            *s *= scale;
-        }
+    let mut max = f32::NEG_INFINITY;
+    match blocked {
+        Some(blocked) => mask_scale_max(scores, blocked, scale, &mut max),
+        None => scale_max(scores, scale, &mut max),
     }
-    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
     if max == f32::NEG_INFINITY {
         scores.fill(0.0);
         return;
@@ -538,6 +533,47 @@ fn softmax_row(scores: &mut [f32], blocked: Option<&[bool]>, scale: f32) {
     let inv = 1.0 / total;
     for s in scores.iter_mut() {
         *s *= inv;
+    }
+}
+
+multiversion! {
+    /// `x ← scale · x`, or −∞ where blocked; the maximum into `max`.
+    fn mask_scale_max(x: &mut [f32], blocked: &[bool], scale: f32, max: &mut f32) {
+        let mut acc = [f32::NEG_INFINITY; LANES];
+        let mut chunks = x.chunks_exact_mut(LANES);
+        let mut flags = blocked.chunks_exact(LANES);
+        for (chunk, flags) in (&mut chunks).zip(&mut flags) {
+            for i in 0..LANES {
+                chunk[i] = if flags[i] { f32::NEG_INFINITY } else { chunk[i] * scale };
+                acc[i] = acc[i].max(chunk[i]);
+            }
+        }
+        let mut m = acc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        for (v, &b) in chunks.into_remainder().iter_mut().zip(flags.remainder()) {
+            *v = if b { f32::NEG_INFINITY } else { *v * scale };
+            m = m.max(*v);
+        }
+        *max = m;
+    }
+}
+
+multiversion! {
+    /// `x ← scale · x`; the maximum into `max`.
+    fn scale_max(x: &mut [f32], scale: f32, max: &mut f32) {
+        let mut acc = [f32::NEG_INFINITY; LANES];
+        let mut chunks = x.chunks_exact_mut(LANES);
+        for chunk in &mut chunks {
+            for i in 0..LANES {
+                chunk[i] *= scale;
+                acc[i] = acc[i].max(chunk[i]);
+            }
+        }
+        let mut m = acc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        for v in chunks.into_remainder() {
+            *v *= scale;
+            m = m.max(*v);
+        }
+        *max = m;
     }
 }
 

@@ -129,9 +129,15 @@ impl<B: Backend> MultiheadAttention<B> {
                 .into_vec::<f32>()
                 .expect("converted to f32 above")
         };
-        let q = values(linear_flat(&self.q_proj, query));
-        let k = values(linear_flat(&self.k_proj, key));
-        let v = values(linear_flat(&self.v_proj, value));
+        // The projections on the host too (bias written before the product, no extra pass);
+        // the weights are read from the module at each call (4 x d², about 1 MB).
+        let threads = rayon::current_num_threads();
+        let project = |linear: &burn::nn::Linear<B>, x: Tensor<B, 3>| {
+            host::RowLinear::from_module(linear).forward(&values(x), threads)
+        };
+        let q = project(&self.q_proj, query);
+        let k = project(&self.k_proj, key);
+        let v = project(&self.v_proj, value);
         let mask: Option<Vec<bool>> = blocked.map(|m| {
             m.into_data()
                 .into_vec::<bool>()
@@ -150,7 +156,12 @@ impl<B: Backend> MultiheadAttention<B> {
                 head_dim: d / self.heads,
             },
         );
-        let context = Tensor::from_data(TensorData::new(context, [batch, queries, d]), &device);
-        linear_flat(&self.out_proj, context)
+        let out = project_host(&self.out_proj, &context, threads);
+        Tensor::from_data(TensorData::new(out, [batch, queries, d]), &device)
     }
+}
+
+/// `linear` applied to host rows.
+fn project_host<B: Backend>(linear: &burn::nn::Linear<B>, x: &[f32], threads: usize) -> Vec<f32> {
+    host::RowLinear::from_module(linear).forward(x, threads)
 }

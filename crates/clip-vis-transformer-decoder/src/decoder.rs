@@ -14,8 +14,10 @@ use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Tensor};
-use clip_vis_clip::nn::{linear_flat, load_linear, resize_bilinear, save_linear, LayerNorm};
+use burn::tensor::{Bool, Tensor, TensorData};
+use clip_vis_clip::nn::{
+    is_host_backend, linear_flat, load_linear, resize_bilinear, save_linear, LayerNorm,
+};
 use clip_vis_clip::weights::join_key;
 use clip_vis_clip::{Result, TensorSink, TensorStore};
 use clip_vis_pixel_decoder::position_encoding::sine_position_tokens;
@@ -252,7 +254,7 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
         let [queries, d] = self.query_feat.dims();
         // Memory: values carry the level embedding, keys also the sine position.
         let mut memory = Vec::with_capacity(LEVELS);
-        let mut positions = Vec::with_capacity(LEVELS);
+        let mut keys = Vec::with_capacity(LEVELS);
         let mut sizes = Vec::with_capacity(LEVELS);
         for (level, map) in multi_scale.iter().enumerate() {
             let [_, _, h, w] = map.dims();
@@ -263,8 +265,9 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
                     .val()
                     .slice([level..level + 1, 0..d])
                     .unsqueeze::<3>();
+            // Each level serves several layers: its keys (values + position) are formed once.
+            keys.push(values.clone() + sine_position_tokens::<B>(batch, d, h, w, &device));
             memory.push(values);
-            positions.push(sine_position_tokens::<B>(batch, d, h, w, &device));
         }
         let query_pos = self
             .query_embed
@@ -301,7 +304,7 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
             let level = i % LEVELS;
             let attended = layer.cross_attention.forward_shared_mask(
                 output.clone() + query_pos.clone(),
-                memory[level].clone() + positions[level].clone(),
+                keys[level].clone(),
                 memory[level].clone(),
                 Some(blocked),
             );
@@ -390,8 +393,25 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
     /// everywhere instead.
     fn blocked_from_logits(&self, logits: Tensor<B, 3>) -> Tensor<B, 3, Bool> {
         let [batch, queries, tokens] = logits.dims();
+        let device = logits.device();
+        if is_host_backend::<B>(&device) && !B::ad_enabled(&device) {
+            // One pass over the host values instead of six tensor ops.
+            let logits = clip_vis_clip::host::values(logits);
+            let mut blocked: Vec<bool> = logits.iter().map(|&x| sigmoid_f32(x) < 0.5).collect();
+            for row in blocked.chunks_exact_mut(tokens) {
+                if row.iter().all(|&b| b) {
+                    row.fill(false);
+                }
+            }
+            return Tensor::from_data(TensorData::new(blocked, [batch, queries, tokens]), &device);
+        }
         let blocked = sigmoid(logits).lower_elem(0.5);
         let everywhere = blocked.clone().int().sum_dim(2).equal_elem(tokens as i64);
         blocked.bool_and(everywhere.bool_not().expand([batch, queries, tokens]))
     }
+}
+
+/// PyTorch's CPU `sigmoid` in f32: `1 / (1 + e^-x)`.
+fn sigmoid_f32(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
 }
