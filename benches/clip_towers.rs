@@ -8,7 +8,9 @@
 //! a 640x640 input, and the text tower on 80 prompts ("a photo of a {COCO class}."), with random
 //! weights (speed does not depend on their values). Then, if `CLIP_VIS_TORCH_PYTHON` names a
 //! Python with torch and open_clip 2.24, runs `benches/clip_towers_torch.py` with the same
-//! thread count and prints the ratios. Groups are named `{backend}/{block}/{size}`.
+//! thread count and prints the ratios. Groups are named `{backend}/{block}/{size}`; the
+//! `*_trunk_tensor_ops` rows time Burn's tensor-op trunk (the GPU backends' path, and the CPU's
+//! before its host kernels) beside the host-kernel trunk `Clip::features` runs on the CPU.
 
 mod common;
 
@@ -121,6 +123,14 @@ fn bench_model<B: Backend>(
     });
     println!("{backend}/{short}_trunk/640x640: {trunk:.1} ms");
     results.insert(format!("{short}_trunk"), trunk);
+    // Burn's tensor-op trunk on the same backend (what the GPU backends run, and what the CPU
+    // ran before the host kernels): the before/after of the host kernels in one run.
+    let reference = common::median_ms(common::repeats(5), || {
+        let features = clip.features_reference(pixels.clone());
+        let _ = features.res5.into_data();
+    });
+    println!("{backend}/{short}_trunk_tensor_ops/640x640: {reference:.1} ms");
+    results.insert(format!("{short}_trunk_tensor_ops"), reference);
     let prompts: Vec<String> = COCO.iter().map(|c| format!("a photo of a {c}.")).collect();
     let text = common::median_ms(common::repeats(5), || {
         let _ = clip.encode_prompts(&prompts).expect("encode").into_data();
@@ -172,10 +182,11 @@ fn main() {
     );
     match torch_results(threads) {
         Some(torch) => {
-            println!("\n{:<16} {:>10} {:>10} {:>8}   ({threads} threads)", "block", "flex ms", "torch ms", "ratio");
+            println!("\n{:<26} {:>10} {:>10} {:>8}   ({threads} threads)", "block", "flex ms", "torch ms", "ratio");
             for (block, ms) in &rust {
-                if let Some(reference) = torch.get(block) {
-                    println!("{block:<16} {ms:>10.1} {reference:>10.1} {:>7.2}x", ms / reference);
+                let torch_block = block.trim_end_matches("_tensor_ops");
+                if let Some(reference) = torch.get(torch_block) {
+                    println!("{block:<26} {ms:>10.1} {reference:>10.1} {:>7.2}x", ms / reference);
                 }
             }
         }
