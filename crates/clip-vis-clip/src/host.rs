@@ -936,8 +936,8 @@ impl Conv {
 fn chunk_rows(rows: usize, patch: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
     let balanced = rows.div_ceil(4 * threads);
-    let cached = if patch == 0 { 512 } else { (1 << 20) / patch };
-    balanced.min(cached).min(512).max(64).min(rows.max(1))
+    let cached = (1usize << 20).checked_div(patch).unwrap_or(512);
+    balanced.min(cached).clamp(64, 512).min(rows.max(1))
 }
 
 /// `nn.AvgPool2d(k)` (kernel = stride = `k`, no padding, floor mode) on channels-last maps:

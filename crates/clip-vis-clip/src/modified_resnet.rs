@@ -534,6 +534,9 @@ impl HostTrunk {
     }
 }
 
+/// Resized spatial positional embeddings `[h·w, C]` by map size `(h, w)`.
+type SpatialCache = HashMap<(usize, usize), Arc<Vec<f32>>>;
+
 /// The attention pool's weights for the host kernels, and its resized spatial positional
 /// embeddings by map size (the same for every frame of a video).
 #[derive(Debug)]
@@ -545,7 +548,7 @@ pub struct HostAttentionPool {
     /// Row 0 of the positional embedding (the mean token's).
     mean_position: Vec<f32>,
     heads: usize,
-    spatial: Mutex<HashMap<(usize, usize), Arc<Vec<f32>>>>,
+    spatial: Mutex<SpatialCache>,
 }
 
 impl HostAttentionPool {

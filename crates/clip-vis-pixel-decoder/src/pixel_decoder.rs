@@ -355,7 +355,7 @@ impl<B: Backend> MsDeformAttnPixelDecoder<B> {
                 source.clone() + position.clone(),
                 reference.clone(),
                 source.clone(),
-                &shapes,
+                shapes,
             );
             source = layer.norm1.forward(source + attended);
             let hidden = linear_flat(
