@@ -8,12 +8,12 @@
 use crate::config::ModifiedResNetConfig;
 use crate::error::Result;
 use crate::host;
-use crate::nn::{is_host_backend, linear_flat, load_linear, resize_bilinear, Conv2d, ConvSpec};
+use crate::nn::{is_host_backend, load_linear, resize_bilinear, Conv2d, ConvSpec};
 use crate::weights::TensorStore;
 use crate::FeatureMaps;
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::activation::{relu, softmax};
+use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{attention, avg_pool2d};
 use burn::tensor::ops::AttentionModuleOptions;
@@ -170,46 +170,6 @@ impl<B: Backend> AttentionPool2d<B> {
         self.c_proj.forward(context)
     }
 
-    /// [`AttentionPool2d::attend`] of one query `[1, C]`, shared by every mask, over one
-    /// image's `tokens` `[1, L, C]`, once per mask: `blocked` `[num_masks, L]`. Returns
-    /// `[num_masks, output_dim]`.
-    ///
-    /// All masks share the query, so its projection and its scores against the keys are
-    /// computed once; keys and values are projected once for all masks. Only the softmax over
-    /// the positions, restricted by each mask, and the weighted sum of the values are per mask.
-    fn attend_masked(
-        &self,
-        query: Tensor<B, 2>,
-        tokens: Tensor<B, 3>,
-        blocked: Tensor<B, 2, Bool>,
-    ) -> Tensor<B, 2> {
-        let [_, length, channels] = tokens.dims();
-        let num_masks = blocked.dims()[0];
-        let heads = self.num_heads;
-        let head_dim = channels / heads;
-        let tokens = tokens.reshape([length, channels]);
-        let q = linear_flat(&self.q_proj, query).reshape([heads, 1, head_dim]);
-        let k = linear_flat(&self.k_proj, tokens.clone())
-            .reshape([length, heads, head_dim])
-            .permute([1, 2, 0]);
-        let v = linear_flat(&self.v_proj, tokens)
-            .reshape([length, heads, head_dim])
-            .swap_dims(0, 1);
-        // [heads, 1, L], scaled as PyTorch's attention does.
-        let scores = q.matmul(k) * (1.0 / (head_dim as f64).sqrt());
-        let scores = scores.expand([heads, num_masks, length]).mask_fill(
-            blocked
-                .unsqueeze_dim::<3>(0)
-                .expand([heads, num_masks, length]),
-            f32::NEG_INFINITY,
-        );
-        let context = softmax(scores, 2)
-            .matmul(v)
-            .swap_dims(0, 1)
-            .reshape([num_masks, channels]);
-        linear_flat(&self.c_proj, context)
-    }
-
     /// Global embedding of a `[batch, C, H, W]` map whose grid matches the positional
     /// embedding (`image_size / 32` square): `[batch, output_dim]`.
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
@@ -288,7 +248,16 @@ impl<B: Backend> AttentionPool2d<B> {
         let blocked = masks
             .bool_not()
             .bool_and(empty.clone().bool_not().expand([num_masks, height * width]));
-        let pooled = self.attend_masked(query.reshape([1, channels]), tokens, blocked);
+        // One batch whose queries are the masks: keys and values are projected once for all
+        // masks; only the blocked positions differ between the masks' attention rows. (The
+        // host kernel above also shares the query's projection and scores; this tensor-op
+        // form, which the GPU backends run, keeps Burn's attention with a boolean mask.)
+        let query = query
+            .reshape([1, 1, channels])
+            .expand([1, num_masks, channels]);
+        let pooled = self
+            .attend(query, tokens, Some(blocked.unsqueeze_dim(0)))
+            .reshape([num_masks, self.c_proj.weight.dims()[1]]);
         pooled.mask_fill(empty.expand([num_masks, self.c_proj.weight.dims()[1]]), 0.0)
     }
 }

@@ -270,8 +270,20 @@ impl<B: Backend> ClipVis<B> {
         })
     }
 
-    /// Runs a normalised, 32-divisible batch `[batch, 3, H, W]`.
+    /// Runs a normalised, 32-divisible batch `[batch, 3, H, W]`: every decoder prediction,
+    /// the auxiliary ones included.
     pub fn forward(&self, pixels: Tensor<B, 4>) -> Result<FrameOutput<B>> {
+        self.run(pixels, true)
+    }
+
+    /// [`ClipVis::forward`] without the auxiliary predictions (`decoder.aux` empty): the same
+    /// last prediction and embeddings for less work
+    /// ([`MultiScaleMaskedTransformerDecoder::forward_inference`]).
+    pub fn forward_inference(&self, pixels: Tensor<B, 4>) -> Result<FrameOutput<B>> {
+        self.run(pixels, false)
+    }
+
+    fn run(&self, pixels: Tensor<B, 4>, every_prediction: bool) -> Result<FrameOutput<B>> {
         let [batch, channels, height, width] = pixels.dims();
         if channels != 3 {
             return Err(ModelError::InvalidInput(format!(
@@ -290,9 +302,13 @@ impl<B: Backend> ClipVis<B> {
             features.res4.clone(),
             features.res5.clone(),
         );
-        let decoder = self
-            .transformer_decoder
-            .forward_inference(&pixel.multi_scale_features, pixel.mask_features);
+        let decoder = if every_prediction {
+            self.transformer_decoder
+                .forward(&pixel.multi_scale_features, pixel.mask_features)
+        } else {
+            self.transformer_decoder
+                .forward_inference(&pixel.multi_scale_features, pixel.mask_features)
+        };
         Ok(FrameOutput { features, decoder })
     }
 
