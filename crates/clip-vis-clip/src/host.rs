@@ -16,6 +16,8 @@
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
+mod winograd;
+
 /// The widest instruction set the running CPU offers among those the kernels are built for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -437,6 +439,13 @@ pub fn attention(
         );
     }
     let scale = 1.0 / (head_dim as f32).sqrt();
+    // The mask as an additive bias (0 or −∞), formed once for all heads: the masked softmax
+    // then vectorises as a multiply-add (a select on `bool` flags did not).
+    let bias: Option<Vec<f32>> = blocked.map(|mask| {
+        mask.par_iter()
+            .map(|&b| if b { f32::NEG_INFINITY } else { 0.0 })
+            .collect()
+    });
     let tiles: Vec<Vec<f32>> = (0..batch * heads)
         .into_par_iter()
         .map(|task| {
@@ -470,7 +479,9 @@ pub fn attention(
                     gemm::Parallelism::None,
                 );
             }
-            let mask = blocked.map(|m| &m[b * queries * keys..(b + 1) * queries * keys]);
+            let mask = bias
+                .as_deref()
+                .map(|m| &m[b * queries * keys..(b + 1) * queries * keys]);
             for (row, scores) in scores.chunks_exact_mut(keys).enumerate() {
                 softmax_row(
                     scores,
@@ -517,12 +528,12 @@ pub fn attention(
     out
 }
 
-/// `softmax(scale · scores)` over one row in place, blocked entries excluded (weight 0); all
-/// zeros when every entry is blocked.
-fn softmax_row(scores: &mut [f32], blocked: Option<&[bool]>, scale: f32) {
+/// `softmax(scale · scores + bias)` over one row in place, where `bias` is 0 or −∞ (blocked:
+/// weight 0); all zeros when every entry is blocked.
+fn softmax_row(scores: &mut [f32], bias: Option<&[f32]>, scale: f32) {
     let mut max = f32::NEG_INFINITY;
-    match blocked {
-        Some(blocked) => mask_scale_max(scores, blocked, scale, &mut max),
+    match bias {
+        Some(bias) => mask_scale_max(scores, bias, scale, &mut max),
         None => scale_max(scores, scale, &mut max),
     }
     if max == f32::NEG_INFINITY {
@@ -537,20 +548,20 @@ fn softmax_row(scores: &mut [f32], blocked: Option<&[bool]>, scale: f32) {
 }
 
 multiversion! {
-    /// `x ← scale · x`, or −∞ where blocked; the maximum into `max`.
-    fn mask_scale_max(x: &mut [f32], blocked: &[bool], scale: f32, max: &mut f32) {
+    /// `x ← scale · x + bias` (`bias` 0, or −∞ where blocked); the maximum into `max`.
+    fn mask_scale_max(x: &mut [f32], bias: &[f32], scale: f32, max: &mut f32) {
         let mut acc = [f32::NEG_INFINITY; LANES];
         let mut chunks = x.chunks_exact_mut(LANES);
-        let mut flags = blocked.chunks_exact(LANES);
-        for (chunk, flags) in (&mut chunks).zip(&mut flags) {
+        let mut biases = bias.chunks_exact(LANES);
+        for (chunk, biases) in (&mut chunks).zip(&mut biases) {
             for i in 0..LANES {
-                chunk[i] = if flags[i] { f32::NEG_INFINITY } else { chunk[i] * scale };
+                chunk[i] = chunk[i] * scale + biases[i];
                 acc[i] = acc[i].max(chunk[i]);
             }
         }
         let mut m = acc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        for (v, &b) in chunks.into_remainder().iter_mut().zip(flags.remainder()) {
-            *v = if b { f32::NEG_INFINITY } else { *v * scale };
+        for (v, &b) in chunks.into_remainder().iter_mut().zip(biases.remainder()) {
+            *v = *v * scale + b;
             m = m.max(*v);
         }
         *max = m;
@@ -814,6 +825,9 @@ pub struct Conv {
     pub padding: usize,
     /// Input channels.
     pub channels_in: usize,
+    /// For 3x3 convolutions with stride 1 and padding 1: the Winograd-transformed filters
+    /// `[16, c_in, c_out]` (see [`Conv::forward`]).
+    winograd: Option<Vec<f32>>,
 }
 
 impl Conv {
@@ -828,6 +842,8 @@ impl Conv {
             .map(|b| values(b.val()))
             .unwrap_or_else(|| vec![0.0; channels_out]);
         let patchify = Patchify::from_torch(&values(conv.weight.val()), bias, channels_in, kernel);
+        let winograd = (kernel == 3 && conv.stride == 1 && conv.padding == 1)
+            .then(|| winograd::transform_filters(&patchify.weight, channels_in, channels_out));
         Self {
             weight: patchify.weight,
             bias: patchify.bias,
@@ -835,6 +851,16 @@ impl Conv {
             stride: conv.stride,
             padding: conv.padding,
             channels_in,
+            winograd,
+        }
+    }
+
+    /// The same convolution without the Winograd path: every output is the direct sum over
+    /// its patch (the reference the Winograd path is tested against).
+    pub fn direct(&self) -> Self {
+        Self {
+            winograd: None,
+            ..self.clone()
         }
     }
 
@@ -848,6 +874,8 @@ impl Conv {
     ///
     /// The output rows are split into chunks, one task each: the chunk's bias, patch rows,
     /// product (on one core) and epilogue all happen while the chunk is in that core's cache.
+    /// A 3x3 convolution with stride 1 and padding 1 takes Winograd's F(2x2, 3x3) instead
+    /// (`host/winograd.rs`: 2.25x fewer multiplications, the same sums regrouped).
     pub fn forward(
         &self,
         x: &[f32],
@@ -855,11 +883,31 @@ impl Conv {
         residual: Option<&[f32]>,
         relu: bool,
     ) -> (Vec<f32>, usize, usize) {
+        let channels_out = self.channels_out();
+        let epilogue = |first: usize, out: &mut [f32]| {
+            let n = out.len() / channels_out;
+            match (residual, relu) {
+                (Some(residual), true) => add_relu_in_place(
+                    out,
+                    &residual[first * channels_out..(first + n) * channels_out],
+                ),
+                (Some(residual), false) => add_in_place(
+                    out,
+                    &residual[first * channels_out..(first + n) * channels_out],
+                ),
+                (None, true) => relu_in_place(out),
+                (None, false) => {}
+            }
+        };
+        if let Some(filters) = &self.winograd {
+            let dims = (batch, h, w, self.channels_in);
+            let out = winograd::conv3x3(x, dims, filters, &self.bias, &epilogue);
+            return (out, h, w);
+        }
         let (k, s, p, c) = (self.kernel, self.stride, self.padding, self.channels_in);
         let oh = (h + 2 * p - k) / s + 1;
         let ow = (w + 2 * p - k) / s + 1;
         let rows = batch * oh * ow;
-        let channels_out = self.channels_out();
         let pointwise = k == 1 && s == 1 && p == 0;
         let patch = k * k * c;
         let mut out = vec![0f32; rows * channels_out];
@@ -913,18 +961,7 @@ impl Conv {
                         1,
                     );
                 }
-                match (residual, relu) {
-                    (Some(residual), true) => add_relu_in_place(
-                        out,
-                        &residual[first * channels_out..(first + n) * channels_out],
-                    ),
-                    (Some(residual), false) => add_in_place(
-                        out,
-                        &residual[first * channels_out..(first + n) * channels_out],
-                    ),
-                    (None, true) => relu_in_place(out),
-                    (None, false) => {}
-                }
+                epilogue(first, out);
             });
         (out, oh, ow)
     }
@@ -1145,5 +1182,74 @@ mod tests {
         let t = to_channels_first(&x, 1, rows, width);
         assert_eq!(to_channels_last(&t, 1, width, rows), x);
         assert_eq!(t[3 * rows + 5], x[5 * width + 3]);
+    }
+
+    /// A 3x3 convolution (stride 1, padding 1) by the Winograd path and by the direct path,
+    /// against the sum over each patch in f64: odd and even sizes (tiles cut by the border),
+    /// maps smaller than a tile, a batch, a residual and ReLU.
+    #[test]
+    fn winograd_equals_direct_convolution() {
+        let wave = |i: usize, f: f32| (i as f32 * f).sin() * 1.7 + (i as f32 * 0.37).cos();
+        for (batch, h, w, c_in, c_out) in [
+            (2, 7, 9, 3, 5),
+            (1, 1, 1, 4, 4),
+            (1, 1, 6, 2, 3),
+            (1, 5, 1, 2, 3),
+            (2, 16, 12, 17, 33),
+            (1, 11, 13, 64, 16),
+        ] {
+            let x: Vec<f32> = (0..batch * h * w * c_in).map(|i| wave(i, 0.71)).collect();
+            let weight: Vec<f32> = (0..9 * c_in * c_out).map(|i| wave(i, 1.31) * 0.3).collect();
+            let bias: Vec<f32> = (0..c_out).map(|i| wave(i, 0.13)).collect();
+            let residual: Vec<f32> = (0..batch * h * w * c_out).map(|i| wave(i, 0.53)).collect();
+            let conv = Conv {
+                winograd: Some(winograd::transform_filters(&weight, c_in, c_out)),
+                weight,
+                bias,
+                kernel: 3,
+                stride: 1,
+                padding: 1,
+                channels_in: c_in,
+            };
+            let mut expected = vec![0f64; batch * h * w * c_out];
+            let mut scale = 0f64;
+            for b in 0..batch {
+                for y in 0..h as isize {
+                    for x_ in 0..w as isize {
+                        let row = (b * h + y as usize) * w + x_ as usize;
+                        for co in 0..c_out {
+                            let mut sum = conv.bias[co] as f64;
+                            for ky in 0..3isize {
+                                for kx in 0..3isize {
+                                    let (iy, ix) = (y + ky - 1, x_ + kx - 1);
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                        continue;
+                                    }
+                                    let at = ((b * h + iy as usize) * w + ix as usize) * c_in;
+                                    for ci in 0..c_in {
+                                        let tap = ((ky * 3 + kx) as usize * c_in + ci) * c_out;
+                                        sum += x[at + ci] as f64 * conv.weight[tap + co] as f64;
+                                    }
+                                }
+                            }
+                            scale = scale.max(sum.abs());
+                            let v = sum + residual[row * c_out + co] as f64;
+                            expected[row * c_out + co] = v.max(0.0);
+                        }
+                    }
+                }
+            }
+            for (path, conv) in [("winograd", conv.clone()), ("direct", conv.direct())] {
+                let (out, oh, ow) = conv.forward(&x, (batch, h, w), Some(&residual), true);
+                assert_eq!((oh, ow), (h, w));
+                for (i, (ours, theirs)) in out.iter().zip(&expected).enumerate() {
+                    let error = (*ours as f64 - theirs).abs() / scale;
+                    assert!(
+                        error < 1e-6,
+                        "{path} {batch}x{h}x{w}x{c_in}->{c_out}: index {i}: {ours} vs {theirs}"
+                    );
+                }
+            }
+        }
     }
 }
