@@ -43,12 +43,13 @@ pub(super) fn transform_filters(
             let g = |ky: usize, kx: usize| {
                 weight[((ky * 3 + kx) * channels_in + ci) * channels_out + co] as f64
             };
-            for i in 0..4 {
+            for (i, gi) in G.iter().enumerate() {
                 // (G g)[i][kx]
-                let row: [f64; 3] =
-                    std::array::from_fn(|kx| (0..3).map(|ky| G[i][ky] * g(ky, kx)).sum());
-                for j in 0..4 {
-                    let u: f64 = (0..3).map(|kx| row[kx] * G[j][kx]).sum();
+                let row: [f64; 3] = std::array::from_fn(|kx| {
+                    gi.iter().enumerate().map(|(ky, a)| a * g(ky, kx)).sum()
+                });
+                for (j, gj) in G.iter().enumerate() {
+                    let u: f64 = row.iter().zip(gj).map(|(r, b)| r * b).sum();
                     out[((i * 4 + j) * channels_in + ci) * channels_out + co] = u as f32;
                 }
             }
@@ -81,15 +82,12 @@ multiversion! {
         let (v30, v31) = a.split_at_mut(c);
         let (v32, v33) = b.split_at_mut(c);
         for k in 0..c {
-            // Rows: t[i][s] = (Bᵀ d)[i][s].
-            let mut t = [[0f32; 4]; 4];
-            for s in 0..4 {
+            // Rows: t[i][s] = (Bᵀ d)[i][s], formed per column s.
+            let columns: [[f32; 4]; 4] = std::array::from_fn(|s| {
                 let (d0, d1, d2, d3) = (d[s][k], d[4 + s][k], d[8 + s][k], d[12 + s][k]);
-                t[0][s] = d0 - d2;
-                t[1][s] = d1 + d2;
-                t[2][s] = d2 - d1;
-                t[3][s] = d1 - d3;
-            }
+                [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
+            });
+            let t: [[f32; 4]; 4] = std::array::from_fn(|i| columns.map(|column| column[i]));
             // Columns: (t B)[i][j].
             let column = |r: [f32; 4]| [r[0] - r[2], r[1] + r[2], r[2] - r[1], r[1] - r[3]];
             let [a0, a1, a2, a3] = column(t[0]);
@@ -115,13 +113,12 @@ multiversion! {
         let (y00, y01) = top.split_at_mut(c);
         let (y10, y11) = bottom.split_at_mut(c);
         for k in 0..c {
-            // Rows: s[a][j] = (Aᵀ m)[a][j].
-            let mut s = [[0f32; 4]; 2];
-            for j in 0..4 {
+            // Rows: s[a][j] = (Aᵀ m)[a][j], formed per column j.
+            let columns: [[f32; 2]; 4] = std::array::from_fn(|j| {
                 let (m0, m1, m2, m3) = (m[j][k], m[4 + j][k], m[8 + j][k], m[12 + j][k]);
-                s[0][j] = m0 + m1 + m2;
-                s[1][j] = m1 - m2 - m3;
-            }
+                [m0 + m1 + m2, m1 - m2 - m3]
+            });
+            let s: [[f32; 4]; 2] = std::array::from_fn(|a| columns.map(|column| column[a]));
             let b = bias[k];
             y00[k] = s[0][0] + s[0][1] + s[0][2] + b;
             y01[k] = s[0][1] - s[0][2] - s[0][3] + b;
