@@ -901,7 +901,7 @@ impl Conv {
         };
         if let Some(filters) = &self.winograd {
             let dims = (batch, h, w, self.channels_in);
-            let out = winograd::conv3x3(x, dims, filters, &self.bias, &epilogue);
+            let out = winograd::conv3x3(x, dims, filters, &self.bias, epilogue);
             return (out, h, w);
         }
         let (k, s, p, c) = (self.kernel, self.stride, self.padding, self.channels_in);
