@@ -693,7 +693,15 @@ impl Depthwise {
     }
 }
 
+/// Channels one depthwise accumulator block holds: four AVX-512 registers, so the 49 taps of a
+/// 7x7 kernel feed four independent addition chains instead of one.
+const DEPTHWISE_BLOCK: usize = 4 * LANES;
+
 multiversion! {
+    /// One output row of [`Depthwise::forward`]. Each output pixel's channels are summed in
+    /// register-sized blocks over all taps (bias first, then the taps in `(ky, kx)` order, as
+    /// the per-tap passes it replaced added them), so the output row is written once instead
+    /// of once per tap.
     #[allow(clippy::too_many_arguments)]
     fn depthwise_row(
         image: &[f32],
@@ -707,26 +715,52 @@ multiversion! {
     ) {
         let channels = bias.len();
         let pad = kernel / 2;
-        fill_rows(out_row, bias);
-        for ky in 0..kernel {
-            let sy = y + ky;
-            if sy < pad || sy - pad >= h {
-                continue;
-            }
-            let in_row = &image[(sy - pad) * w * channels..(sy - pad + 1) * w * channels];
-            for kx in 0..kernel {
-                let taps = &weight[(ky * kernel + kx) * channels..(ky * kernel + kx + 1) * channels];
-                // Output columns whose source column `x + kx - pad` lies inside the map.
-                let x_lo = pad.saturating_sub(kx);
-                let x_hi = (w + pad).saturating_sub(kx).min(w);
-                for x in x_lo..x_hi {
-                    let sx = x + kx - pad;
-                    let o = &mut out_row[x * channels..(x + 1) * channels];
-                    let i = &in_row[sx * channels..(sx + 1) * channels];
-                    for ((o, i), t) in o.iter_mut().zip(i).zip(taps) {
-                        *o += t * i;
+        // Source rows inside the map: (ky, row).
+        let rows: Vec<(usize, &[f32])> = (0..kernel)
+            .filter_map(|ky| {
+                let sy = (y + ky).checked_sub(pad).filter(|&sy| sy < h)?;
+                Some((ky, &image[sy * w * channels..(sy + 1) * w * channels]))
+            })
+            .collect();
+        for x in 0..w {
+            // Taps whose source column lies inside the map.
+            let kx_lo = pad.saturating_sub(x);
+            let kx_hi = (w + pad - x).min(kernel);
+            let out = &mut out_row[x * channels..(x + 1) * channels];
+            let blocks = channels / DEPTHWISE_BLOCK * DEPTHWISE_BLOCK;
+            for c0 in (0..blocks).step_by(DEPTHWISE_BLOCK) {
+                let mut acc = [[0f32; LANES]; 4];
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    acc.copy_from_slice(&bias[c0 + r * LANES..c0 + (r + 1) * LANES]);
+                }
+                for &(ky, row) in &rows {
+                    for kx in kx_lo..kx_hi {
+                        let sx = x + kx - pad;
+                        let taps = &weight[(ky * kernel + kx) * channels + c0..][..DEPTHWISE_BLOCK];
+                        let input = &row[sx * channels + c0..][..DEPTHWISE_BLOCK];
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            let taps = &taps[r * LANES..(r + 1) * LANES];
+                            let input = &input[r * LANES..(r + 1) * LANES];
+                            for l in 0..LANES {
+                                acc[l] += taps[l] * input[l];
+                            }
+                        }
                     }
                 }
+                for (r, acc) in acc.iter().enumerate() {
+                    out[c0 + r * LANES..c0 + (r + 1) * LANES].copy_from_slice(acc);
+                }
+            }
+            // Channels past the last whole block.
+            for c in blocks..channels {
+                let mut acc = bias[c];
+                for &(ky, row) in &rows {
+                    for kx in kx_lo..kx_hi {
+                        let sx = x + kx - pad;
+                        acc += weight[(ky * kernel + kx) * channels + c] * row[sx * channels + c];
+                    }
+                }
+                out[c] = acc;
             }
         }
     }
@@ -1248,6 +1282,46 @@ mod tests {
                         error < 1e-6,
                         "{path} {batch}x{h}x{w}x{c_in}->{c_out}: index {i}: {ours} vs {theirs}"
                     );
+                }
+            }
+        }
+    }
+
+    /// The depthwise convolution against a direct loop in the same summation order (bias,
+    /// then taps by row and column): equal to the last bit, with channel counts that fill whole
+    /// register blocks, part of one, and none.
+    #[test]
+    fn depthwise_equals_direct_loop() {
+        let wave = |i: usize, f: f32| (i as f32 * f).sin() + (i as f32 * 0.29).cos() * 0.5;
+        for (batch, h, w, channels, kernel) in
+            [(2, 9, 11, 64, 7), (1, 3, 4, 80, 7), (1, 6, 5, 7, 3), (1, 1, 1, 128, 7)]
+        {
+            let x: Vec<f32> = (0..batch * h * w * channels).map(|i| wave(i, 0.61)).collect();
+            let torch: Vec<f32> = (0..channels * kernel * kernel).map(|i| wave(i, 1.7)).collect();
+            let bias: Vec<f32> = (0..channels).map(|i| wave(i, 0.3)).collect();
+            let conv = Depthwise::from_torch(&torch, bias.clone(), kernel);
+            let out = conv.forward(&x, batch, h, w);
+            let pad = (kernel / 2) as isize;
+            for b in 0..batch {
+                for y in 0..h as isize {
+                    for x_ in 0..w as isize {
+                        for c in 0..channels {
+                            let mut sum = bias[c];
+                            for ky in 0..kernel as isize {
+                                for kx in 0..kernel as isize {
+                                    let (sy, sx) = (y + ky - pad, x_ + kx - pad);
+                                    if sy < 0 || sx < 0 || sy >= h as isize || sx >= w as isize {
+                                        continue;
+                                    }
+                                    let at = ((b * h + sy as usize) * w + sx as usize) * channels;
+                                    let tap = (c * kernel + ky as usize) * kernel + kx as usize;
+                                    sum += torch[tap] * x[at + c];
+                                }
+                            }
+                            let at = ((b * h + y as usize) * w + x_ as usize) * channels + c;
+                            assert_eq!(out[at], sum, "{batch}x{h}x{w}x{channels} index {at}");
+                        }
+                    }
                 }
             }
         }
