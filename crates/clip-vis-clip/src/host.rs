@@ -1293,11 +1293,18 @@ mod tests {
     #[test]
     fn depthwise_equals_direct_loop() {
         let wave = |i: usize, f: f32| (i as f32 * f).sin() + (i as f32 * 0.29).cos() * 0.5;
-        for (batch, h, w, channels, kernel) in
-            [(2, 9, 11, 64, 7), (1, 3, 4, 80, 7), (1, 6, 5, 7, 3), (1, 1, 1, 128, 7)]
-        {
-            let x: Vec<f32> = (0..batch * h * w * channels).map(|i| wave(i, 0.61)).collect();
-            let torch: Vec<f32> = (0..channels * kernel * kernel).map(|i| wave(i, 1.7)).collect();
+        for (batch, h, w, channels, kernel) in [
+            (2, 9, 11, 64, 7),
+            (1, 3, 4, 80, 7),
+            (1, 6, 5, 7, 3),
+            (1, 1, 1, 128, 7),
+        ] {
+            let x: Vec<f32> = (0..batch * h * w * channels)
+                .map(|i| wave(i, 0.61))
+                .collect();
+            let torch: Vec<f32> = (0..channels * kernel * kernel)
+                .map(|i| wave(i, 1.7))
+                .collect();
             let bias: Vec<f32> = (0..channels).map(|i| wave(i, 0.3)).collect();
             let conv = Depthwise::from_torch(&torch, bias.clone(), kernel);
             let out = conv.forward(&x, batch, h, w);

@@ -114,7 +114,7 @@ impl<B: Backend> MultiheadAttention<B> {
         blocked: Option<Tensor<B, 3, Bool>>,
     ) -> Tensor<B, 3> {
         let device = query.device();
-        let [batch, queries, d] = query.dims();
+        let [batch, queries, _] = query.dims();
         let keys = key.dims()[1];
         if !is_host_backend::<B>(&device) {
             let blocked = blocked.map(|m| {
@@ -123,19 +123,31 @@ impl<B: Backend> MultiheadAttention<B> {
             });
             return self.forward(query, key, value, blocked);
         }
-        let values = |x: Tensor<B, 3>| -> Vec<f32> {
-            x.into_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
-                .expect("converted to f32 above")
-        };
+        let key = host::values(key);
+        let value = host::values(value);
+        self.forward_host_memory(query, &key, &value, keys, blocked)
+    }
+
+    /// [`MultiheadAttention::forward_shared_mask`] on a CPU backend without autodiff, with the
+    /// keys and values already on the host as rows (`[batch, keys, d]`, row-major): the decoder
+    /// forms each level's memory there once for all the layers that attend to it.
+    pub(crate) fn forward_host_memory(
+        &self,
+        query: Tensor<B, 3>,
+        key: &[f32],
+        value: &[f32],
+        keys: usize,
+        blocked: Option<Tensor<B, 3, Bool>>,
+    ) -> Tensor<B, 3> {
+        let device = query.device();
+        let [batch, queries, d] = query.dims();
         // The projections on the host too (bias written before the product, no extra pass);
         // the weights are read from the module at each call (4 x d², about 1 MB).
         let threads = rayon::current_num_threads();
-        let project = |linear: &burn::nn::Linear<B>, x: Tensor<B, 3>| {
-            host::RowLinear::from_module(linear).forward(&values(x), threads)
+        let project = |linear: &burn::nn::Linear<B>, x: &[f32]| {
+            host::RowLinear::from_module(linear).forward(x, threads)
         };
-        let q = project(&self.q_proj, query);
+        let q = project(&self.q_proj, &host::values(query));
         let k = project(&self.k_proj, key);
         let v = project(&self.v_proj, value);
         let mask: Option<Vec<bool>> = blocked.map(|m| {

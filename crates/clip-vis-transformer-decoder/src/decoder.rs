@@ -15,6 +15,7 @@ use burn::nn::Linear;
 use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor, TensorData};
+use clip_vis_clip::host;
 use clip_vis_clip::nn::{
     is_host_backend, linear_flat, load_linear, resize_bilinear, save_linear, LayerNorm,
 };
@@ -252,21 +253,28 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
         let device = mask_features.device();
         let [batch, _, _, _] = mask_features.dims();
         let [queries, d] = self.query_feat.dims();
+        // Inference on a CPU backend: each level's keys and values are formed once, as host
+        // rows, for every layer that attends to it (the same additions as the tensor path).
+        let host_memory =
+            !every_prediction && is_host_backend::<B>(&device) && !B::ad_enabled(&device);
         // Memory: values carry the level embedding, keys also the sine position.
         let mut memory = Vec::with_capacity(LEVELS);
         let mut keys = Vec::with_capacity(LEVELS);
+        let mut host_levels: Vec<HostLevel> = Vec::with_capacity(LEVELS);
         let mut sizes = Vec::with_capacity(LEVELS);
         for (level, map) in multi_scale.iter().enumerate() {
             let [_, _, h, w] = map.dims();
             sizes.push((h, w));
-            let values = map.clone().reshape([batch, d, h * w]).swap_dims(1, 2)
-                + self
-                    .level_embed
-                    .val()
-                    .slice([level..level + 1, 0..d])
-                    .unsqueeze::<3>();
+            let embed = self.level_embed.val().slice([level..level + 1, 0..d]);
+            let position = sine_position_tokens::<B>(batch, d, h, w, &device);
+            if host_memory {
+                host_levels.push(HostLevel::new(map.clone(), embed, position));
+                continue;
+            }
+            let values =
+                map.clone().reshape([batch, d, h * w]).swap_dims(1, 2) + embed.unsqueeze::<3>();
             // Each level serves several layers: its keys (values + position) are formed once.
-            keys.push(values.clone() + sine_position_tokens::<B>(batch, d, h, w, &device));
+            keys.push(values.clone() + position);
             memory.push(values);
         }
         let query_pos = self
@@ -294,20 +302,31 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
         };
         let mut predictions = Vec::with_capacity(self.layers.len() + 1);
         let mut blocked = if every_prediction {
-            let (first, blocked) = self.predict(output.clone(), mask_features.clone(), sizes[0]);
+            let (first, blocked) =
+                self.predict(output.clone(), mask_features.clone(), Some(sizes[0]));
             predictions.push(first);
             blocked
         } else {
-            self.attention_mask(output.clone(), level_features[0].clone())
+            Some(self.attention_mask(output.clone(), level_features[0].clone()))
         };
         for (i, layer) in self.layers.iter().enumerate() {
             let level = i % LEVELS;
-            let attended = layer.cross_attention.forward_shared_mask(
-                output.clone() + query_pos.clone(),
-                keys[level].clone(),
-                memory[level].clone(),
-                Some(blocked),
-            );
+            let query = output.clone() + query_pos.clone();
+            let attended = match host_levels.get(level) {
+                Some(host) => layer.cross_attention.forward_host_memory(
+                    query,
+                    &host.keys,
+                    &host.values,
+                    host.tokens,
+                    blocked,
+                ),
+                None => layer.cross_attention.forward_shared_mask(
+                    query,
+                    keys[level].clone(),
+                    memory[level].clone(),
+                    blocked,
+                ),
+            };
             output = layer.cross_norm.forward(output + attended);
             let with_position = output.clone() + query_pos.clone();
             let attended = layer.self_attention.forward_shared_mask(
@@ -323,18 +342,22 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
             );
             output = layer.ffn_norm.forward(output + hidden);
             let next_level = (i + 1) % LEVELS;
-            if every_prediction || i + 1 == self.layers.len() {
+            // The last layer's prediction needs no attention mask for a next layer.
+            let last_layer = i + 1 == self.layers.len();
+            if every_prediction || last_layer {
+                let target = (!last_layer).then_some(sizes[next_level]);
                 let (prediction, next) =
-                    self.predict(output.clone(), mask_features.clone(), sizes[next_level]);
+                    self.predict(output.clone(), mask_features.clone(), target);
                 predictions.push(prediction);
                 blocked = next;
             } else {
-                blocked = self.attention_mask(output.clone(), level_features[next_level].clone());
+                blocked =
+                    Some(self.attention_mask(output.clone(), level_features[next_level].clone()));
             }
         }
         if predictions.is_empty() {
             // No transformer layer: the learnable queries' prediction is the last one.
-            let (first, _) = self.predict(output.clone(), mask_features.clone(), sizes[0]);
+            let (first, _) = self.predict(output.clone(), mask_features.clone(), None);
             predictions.push(first);
         }
         let last = predictions
@@ -347,14 +370,15 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
         }
     }
 
-    /// The heads on `decoder_norm(output)`, and the attention mask the next layer uses at
-    /// `target` size: `[batch, queries, h·w]` (the same for every head), true = blocked.
+    /// The heads on `decoder_norm(output)`, and, where a next layer needs it, the attention
+    /// mask at its `target` size: `[batch, queries, h·w]` (the same for every head), true =
+    /// blocked.
     fn predict(
         &self,
         output: Tensor<B, 3>,
         mask_features: Tensor<B, 4>,
-        target: (usize, usize),
-    ) -> (Prediction<B>, Tensor<B, 3, Bool>) {
+        target: Option<(usize, usize)>,
+    ) -> (Prediction<B>, Option<Tensor<B, 3, Bool>>) {
         let decoded = self.decoder_norm.forward(output);
         let [batch, queries, _] = decoded.dims();
         let [_, mask_dim, h4, w4] = mask_features.dims();
@@ -364,9 +388,10 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
             .matmul(mask_features.reshape([batch, mask_dim, h4 * w4]))
             .reshape([batch, queries, h4, w4]);
         let ious = sigmoid(self.iou_head.forward(decoded));
-        let (h, w) = target;
-        let resized = resize_bilinear(masks.clone(), [h, w]);
-        let blocked = self.blocked_from_logits(resized.reshape([batch, queries, h * w]));
+        let blocked = target.map(|(h, w)| {
+            let resized = resize_bilinear(masks.clone(), [h, w]);
+            self.blocked_from_logits(resized.reshape([batch, queries, h * w]))
+        });
         (
             Prediction {
                 object_logits,
@@ -408,6 +433,36 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
         let blocked = sigmoid(logits).lower_elem(0.5);
         let everywhere = blocked.clone().int().sum_dim(2).equal_elem(tokens as i64);
         blocked.bool_and(everywhere.bool_not().expand([batch, queries, tokens]))
+    }
+}
+
+/// One level's memory as host rows for the cross-attentions of CPU inference.
+struct HostLevel {
+    /// `[batch, tokens, d]`: the map's pixels plus the level embedding.
+    values: Vec<f32>,
+    /// `values` plus the sine position.
+    keys: Vec<f32>,
+    tokens: usize,
+}
+
+impl HostLevel {
+    /// From the level's map `[batch, d, h, w]`, its embedding `[1, d]` and the position
+    /// `[batch, h·w, d]`.
+    fn new<B: Backend>(map: Tensor<B, 4>, embed: Tensor<B, 2>, position: Tensor<B, 3>) -> Self {
+        let [batch, d, h, w] = map.dims();
+        let tokens = h * w;
+        let mut values = host::to_channels_last(&host::values(map), batch, d, tokens);
+        let embed = host::values(embed);
+        for row in values.chunks_exact_mut(d) {
+            host::add_in_place(row, &embed);
+        }
+        let mut keys = host::values(position);
+        host::add_in_place(&mut keys, &values);
+        Self {
+            values,
+            keys,
+            tokens,
+        }
     }
 }
 
