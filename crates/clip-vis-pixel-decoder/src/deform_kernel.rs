@@ -108,6 +108,9 @@ pub(crate) fn forward(value: &[f32], locations: &[f32], weights: &[f32], g: &Geo
 clip_vis_clip::host_multiversion! {
     /// One (batch, query) row of [`forward`]: the corners inline (same arithmetic as
     /// [`corners`]), each one's contribution a vectorised multiply-add over the head's values.
+    /// With CLIP-VIS's 32-wide heads the head's sum lives in registers (a fixed-size array)
+    /// until its last corner; other widths accumulate in the output row. Both add the same
+    /// terms in the same order.
     fn forward_row(
         out: &mut [f32],
         value: &[f32],
@@ -116,35 +119,57 @@ clip_vis_clip::host_multiversion! {
         g: &Geometry,
         starts: &[usize],
     ) {
-        let d = g.d();
         for head in 0..g.heads {
             let out = &mut out[head * g.head_dim..][..g.head_dim];
-            for (level, &(h, w)) in g.shapes.iter().enumerate() {
-                for point in 0..g.points {
-                    let sample = (head * g.levels + level) * g.points + point;
-                    let weight = weights[sample];
-                    let x = locations[sample * 2] * w as f32 - 0.5;
-                    let y = locations[sample * 2 + 1] * h as f32 - 0.5;
-                    let (x0, y0) = (x.floor(), y.floor());
-                    let (fx, fy) = (x - x0, y - y0);
-                    let (x0, y0) = (x0 as isize, y0 as isize);
-                    for (dy, wy) in [(0, 1.0 - fy), (1, fy)] {
-                        let cy = y0 + dy;
-                        if cy < 0 || cy >= h as isize {
-                            continue;
-                        }
-                        for (dx, wx) in [(0, 1.0 - fx), (1, fx)] {
-                            let cx = x0 + dx;
-                            if cx < 0 || cx >= w as isize {
-                                continue;
-                            }
-                            let token = starts[level] + cy as usize * w + cx as usize;
-                            let scale = weight * (wy * wx);
-                            let v = &value[token * d + head * g.head_dim..][..g.head_dim];
-                            for (o, v) in out.iter_mut().zip(v) {
-                                *o += scale * v;
-                            }
-                        }
+            if let Ok(out) = <&mut [f32; 32]>::try_from(&mut *out) {
+                let mut acc = [0f32; 32];
+                accumulate_head(&mut acc, value, locations, weights, g, starts, head);
+                *out = acc;
+            } else {
+                accumulate_head(out, value, locations, weights, g, starts, head);
+            }
+        }
+    }
+}
+
+/// Adds head `head`'s weighted bilinear samples of every level and point into `acc`
+/// (`[head_dim]`): `AsMut<[f32]>` so that a fixed-size array keeps the sum in registers.
+#[inline(always)]
+fn accumulate_head<A: AsMut<[f32]> + ?Sized>(
+    acc: &mut A,
+    value: &[f32],
+    locations: &[f32],
+    weights: &[f32],
+    g: &Geometry,
+    starts: &[usize],
+    head: usize,
+) {
+    let acc = acc.as_mut();
+    let d = g.d();
+    for (level, &(h, w)) in g.shapes.iter().enumerate() {
+        for point in 0..g.points {
+            let sample = (head * g.levels + level) * g.points + point;
+            let weight = weights[sample];
+            let x = locations[sample * 2] * w as f32 - 0.5;
+            let y = locations[sample * 2 + 1] * h as f32 - 0.5;
+            let (x0, y0) = (x.floor(), y.floor());
+            let (fx, fy) = (x - x0, y - y0);
+            let (x0, y0) = (x0 as isize, y0 as isize);
+            for (dy, wy) in [(0, 1.0 - fy), (1, fy)] {
+                let cy = y0 + dy;
+                if cy < 0 || cy >= h as isize {
+                    continue;
+                }
+                for (dx, wx) in [(0, 1.0 - fx), (1, fx)] {
+                    let cx = x0 + dx;
+                    if cx < 0 || cx >= w as isize {
+                        continue;
+                    }
+                    let token = starts[level] + cy as usize * w + cx as usize;
+                    let scale = weight * (wy * wx);
+                    let v = &value[token * d + head * g.head_dim..][..g.head_dim];
+                    for (o, v) in acc.iter_mut().zip(v) {
+                        *o += scale * v;
                     }
                 }
             }
@@ -430,5 +455,66 @@ mod autodiff {
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
         Tensor::from_primitive(TensorPrimitive::Float(result))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The forward kernel against a plain sum over [`corners`] (the backward pass's corner
+    /// list), for CLIP-VIS's 32-wide heads (the register path) and another width: the same
+    /// terms in the same order, so equal to the last bit. Locations reach outside the maps.
+    #[test]
+    fn forward_equals_sum_over_corners() {
+        let wave = |i: usize, f: f32| (i as f32 * f).sin();
+        for head_dim in [32, 12] {
+            let g = Geometry {
+                batch: 2,
+                queries: 7,
+                heads: 3,
+                levels: 2,
+                points: 2,
+                head_dim,
+                shapes: vec![(5, 6), (3, 2)],
+            };
+            let (d, tokens, samples, starts) = (g.d(), g.tokens(), g.samples(), g.starts());
+            let value: Vec<f32> = (0..g.batch * tokens * d).map(|i| wave(i, 0.37)).collect();
+            let locations: Vec<f32> = (0..g.batch * g.queries * samples * 2)
+                .map(|i| 0.5 + 0.7 * wave(i, 1.93))
+                .collect();
+            let weights: Vec<f32> = (0..g.batch * g.queries * samples)
+                .map(|i| wave(i, 0.71).abs())
+                .collect();
+            let ours = forward(&value, &locations, &weights, &g);
+            let mut list = Vec::new();
+            for row in 0..g.batch * g.queries {
+                let value = &value[(row / g.queries) * tokens * d..];
+                for head in 0..g.heads {
+                    let mut expected = vec![0f32; head_dim];
+                    for (level, &(h, w)) in g.shapes.iter().enumerate() {
+                        for point in 0..g.points {
+                            let sample = (head * g.levels + level) * g.points + point;
+                            let at = row * samples + sample;
+                            let (lx, ly) = (locations[2 * at], locations[2 * at + 1]);
+                            corners(lx, ly, h, w, starts[level], &mut list);
+                            for corner in &list {
+                                let scale = weights[at] * corner.weight;
+                                let v = &value[corner.token * d + head * head_dim..];
+                                for (e, v) in expected.iter_mut().zip(v) {
+                                    *e += scale * v;
+                                }
+                            }
+                        }
+                    }
+                    let got = &ours[row * d + head * head_dim..][..head_dim];
+                    assert_eq!(
+                        got,
+                        &expected[..],
+                        "head_dim {head_dim} row {row} head {head}"
+                    );
+                }
+            }
+        }
     }
 }
