@@ -49,30 +49,39 @@ impl HostDeformAttn {
         let queries = rows / batch;
         let value = self.value.forward(input, threads);
         let projected = self.query.forward(query, threads);
+        // Offsets are in pixels of their level: each is divided by its level's (W_l, H_l),
+        // laid out once per call like the offsets `[heads, levels, points, (x, y)]`.
+        let normalizer: Vec<f32> = (0..samples)
+            .flat_map(|sample| {
+                let (h, w) = shapes[(sample / points) % levels];
+                [w as f32, h as f32]
+            })
+            .collect();
         let mut locations = vec![0f32; rows * samples * 2];
         let mut weights = vec![0f32; rows * samples];
         locations
-            .par_chunks_mut(samples * 2)
-            .zip(weights.par_chunks_mut(samples))
+            .par_chunks_mut(TILE_ROWS * samples * 2)
+            .zip(weights.par_chunks_mut(TILE_ROWS * samples))
             .enumerate()
-            .for_each(|(row, (locations, weights))| {
-                let projected = &projected[row * samples * 3..(row + 1) * samples * 3];
-                let (offsets, logits) = projected.split_at(samples * 2);
-                let token = row % queries;
-                let (x, y) = (reference[token * 2], reference[token * 2 + 1]);
-                for head in 0..heads {
-                    for (level, &(h, w)) in shapes.iter().enumerate() {
-                        for point in 0..points {
-                            let sample = (head * levels + level) * points + point;
-                            // Offsets are in pixels of the level: divided by (W_l, H_l).
-                            locations[sample * 2] = x + offsets[sample * 2] / w as f32;
-                            locations[sample * 2 + 1] = y + offsets[sample * 2 + 1] / h as f32;
-                        }
+            .for_each(|(tile, (locations, weights))| {
+                let rows = weights.len() / samples;
+                for r in 0..rows {
+                    let row = tile * TILE_ROWS + r;
+                    let projected = &projected[row * samples * 3..(row + 1) * samples * 3];
+                    let (offsets, logits) = projected.split_at(samples * 2);
+                    let token = row % queries;
+                    sampling_locations(
+                        &mut locations[r * samples * 2..(r + 1) * samples * 2],
+                        offsets,
+                        &normalizer,
+                        reference[token * 2],
+                        reference[token * 2 + 1],
+                    );
+                    let weights = &mut weights[r * samples..(r + 1) * samples];
+                    weights.copy_from_slice(logits);
+                    for head in weights.chunks_exact_mut(levels * points) {
+                        host::softmax_in_place(head);
                     }
-                }
-                weights.copy_from_slice(logits);
-                for head in weights.chunks_exact_mut(levels * points) {
-                    host::softmax_in_place(head);
                 }
             });
         let geometry = Geometry {
@@ -86,6 +95,26 @@ impl HostDeformAttn {
         };
         let sampled = deform_kernel::forward(&value, &locations, &weights, &geometry);
         self.output.forward(&sampled, threads)
+    }
+}
+
+clip_vis_clip::host_multiversion! {
+    /// `locations = (x, y) + offsets / normalizer`, pair by pair (one query's samples).
+    fn sampling_locations(
+        locations: &mut [f32],
+        offsets: &[f32],
+        normalizer: &[f32],
+        x: f32,
+        y: f32,
+    ) {
+        for ((location, offset), norm) in locations
+            .chunks_exact_mut(2)
+            .zip(offsets.chunks_exact(2))
+            .zip(normalizer.chunks_exact(2))
+        {
+            location[0] = x + offset[0] / norm[0];
+            location[1] = y + offset[1] / norm[1];
+        }
     }
 }
 
