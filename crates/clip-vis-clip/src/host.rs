@@ -841,6 +841,13 @@ impl Patchify {
     }
 }
 
+/// Fewest input and output channels for which a 3x3 convolution takes the Winograd path.
+/// Below it the 16 products are too thin for `gemm` to run at speed and the transforms
+/// dominate: measured on 2 threads (and 1), Winograd / direct time was 1.98 (1.84) at 32
+/// channels, 1.44 (1.41) at 64, 0.94 (0.93) at 128, 0.66-1.00 (0.77-0.86) at 256 and 0.78-0.83
+/// (0.66-0.69) at 512, at RN50's map sizes for a 480x640 frame.
+const WINOGRAD_MIN_CHANNELS: usize = 128;
+
 /// A convolution on channels-last maps (`groups = 1`, square kernel, symmetric zero padding),
 /// with its bias and an optional residual and ReLU: a 1x1 convolution is a matrix product over
 /// the pixels; any other multiplies patch rows, built a chunk at a time (so the patch matrix of
@@ -876,7 +883,10 @@ impl Conv {
             .map(|b| values(b.val()))
             .unwrap_or_else(|| vec![0.0; channels_out]);
         let patchify = Patchify::from_torch(&values(conv.weight.val()), bias, channels_in, kernel);
-        let winograd = (kernel == 3 && conv.stride == 1 && conv.padding == 1)
+        let winograd = (kernel == 3
+            && conv.stride == 1
+            && conv.padding == 1
+            && channels_in.min(channels_out) >= WINOGRAD_MIN_CHANNELS)
             .then(|| winograd::transform_filters(&patchify.weight, channels_in, channels_out));
         Self {
             weight: patchify.weight,
@@ -908,8 +918,9 @@ impl Conv {
     ///
     /// The output rows are split into chunks, one task each: the chunk's bias, patch rows,
     /// product (on one core) and epilogue all happen while the chunk is in that core's cache.
-    /// A 3x3 convolution with stride 1 and padding 1 takes Winograd's F(2x2, 3x3) instead
-    /// (`host/winograd.rs`: 2.25x fewer multiplications, the same sums regrouped).
+    /// A 3x3 convolution with stride 1, padding 1 and at least `WINOGRAD_MIN_CHANNELS` (128) input
+    /// and output channels takes Winograd's F(2x2, 3x3) instead (`host/winograd.rs`: 2.25x
+    /// fewer multiplications, the same sums regrouped).
     pub fn forward(
         &self,
         x: &[f32],
