@@ -722,12 +722,13 @@ multiversion! {
                 Some((ky, &image[sy * w * channels..(sy + 1) * w * channels]))
             })
             .collect();
+        // Channels in whole register blocks; the rest one at a time.
+        let blocks = channels / DEPTHWISE_BLOCK * DEPTHWISE_BLOCK;
         for x in 0..w {
             // Taps whose source column lies inside the map.
             let kx_lo = pad.saturating_sub(x);
             let kx_hi = (w + pad - x).min(kernel);
             let out = &mut out_row[x * channels..(x + 1) * channels];
-            let blocks = channels / DEPTHWISE_BLOCK * DEPTHWISE_BLOCK;
             for c0 in (0..blocks).step_by(DEPTHWISE_BLOCK) {
                 let mut acc = [[0f32; LANES]; 4];
                 for (r, acc) in acc.iter_mut().enumerate() {
@@ -896,15 +897,6 @@ impl Conv {
             padding: conv.padding,
             channels_in,
             winograd,
-        }
-    }
-
-    /// The same convolution without the Winograd path: every output is the direct sum over
-    /// its patch (the reference the Winograd path is tested against).
-    pub fn direct(&self) -> Self {
-        Self {
-            winograd: None,
-            ..self.clone()
         }
     }
 
@@ -1284,7 +1276,11 @@ mod tests {
                     }
                 }
             }
-            for (path, conv) in [("winograd", conv.clone()), ("direct", conv.direct())] {
+            let direct = Conv {
+                winograd: None,
+                ..conv.clone()
+            };
+            for (path, conv) in [("winograd", conv), ("direct", direct)] {
                 let (out, oh, ow) = conv.forward(&x, (batch, h, w), Some(&residual), true);
                 assert_eq!((oh, ow), (h, w));
                 for (i, (ours, theirs)) in out.iter().zip(&expected).enumerate() {

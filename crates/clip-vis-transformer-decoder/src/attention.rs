@@ -125,7 +125,7 @@ impl<B: Backend> MultiheadAttention<B> {
         }
         let key = host::values(key);
         let value = host::values(value);
-        self.forward_host_memory(query, &key, &value, keys, blocked)
+        self.forward_host_memory(query, &key, &value, blocked)
     }
 
     /// [`MultiheadAttention::forward_shared_mask`] on a CPU backend without autodiff, with the
@@ -136,11 +136,11 @@ impl<B: Backend> MultiheadAttention<B> {
         query: Tensor<B, 3>,
         key: &[f32],
         value: &[f32],
-        keys: usize,
         blocked: Option<Tensor<B, 3, Bool>>,
     ) -> Tensor<B, 3> {
         let device = query.device();
         let [batch, queries, d] = query.dims();
+        let keys = key.len() / (batch * d);
         // The projections on the host too (bias written before the product, no extra pass);
         // the weights are read from the module at each call (4 x d², about 1 MB).
         let threads = rayon::current_num_threads();

@@ -257,25 +257,25 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
         // rows, for every layer that attends to it (the same additions as the tensor path).
         let host_memory =
             !every_prediction && is_host_backend::<B>(&device) && !B::ad_enabled(&device);
-        // Memory: values carry the level embedding, keys also the sine position.
+        // Memory: values carry the level embedding, keys also the sine position. Each level
+        // serves several layers: its keys and values are formed once.
         let mut memory = Vec::with_capacity(LEVELS);
-        let mut keys = Vec::with_capacity(LEVELS);
-        let mut host_levels: Vec<HostLevel> = Vec::with_capacity(LEVELS);
         let mut sizes = Vec::with_capacity(LEVELS);
         for (level, map) in multi_scale.iter().enumerate() {
             let [_, _, h, w] = map.dims();
             sizes.push((h, w));
             let embed = self.level_embed.val().slice([level..level + 1, 0..d]);
             let position = sine_position_tokens::<B>(batch, d, h, w, &device);
-            if host_memory {
-                host_levels.push(HostLevel::new(map.clone(), embed, position));
-                continue;
-            }
-            let values =
-                map.clone().reshape([batch, d, h * w]).swap_dims(1, 2) + embed.unsqueeze::<3>();
-            // Each level serves several layers: its keys (values + position) are formed once.
-            keys.push(values.clone() + position);
-            memory.push(values);
+            memory.push(if host_memory {
+                LevelMemory::host(map.clone(), embed, position)
+            } else {
+                let values =
+                    map.clone().reshape([batch, d, h * w]).swap_dims(1, 2) + embed.unsqueeze::<3>();
+                LevelMemory::Tensors {
+                    keys: values.clone() + position,
+                    values,
+                }
+            });
         }
         let query_pos = self
             .query_embed
@@ -312,21 +312,15 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
         for (i, layer) in self.layers.iter().enumerate() {
             let level = i % LEVELS;
             let query = output.clone() + query_pos.clone();
-            let attended = match host_levels.get(level) {
-                Some(host) => layer.cross_attention.forward_host_memory(
-                    query,
-                    &host.keys,
-                    &host.values,
-                    host.tokens,
-                    blocked,
-                ),
-                None => layer.cross_attention.forward_shared_mask(
-                    query,
-                    keys[level].clone(),
-                    memory[level].clone(),
-                    blocked,
-                ),
-            };
+            let attended =
+                match &memory[level] {
+                    LevelMemory::Host { keys, values } => layer
+                        .cross_attention
+                        .forward_host_memory(query, keys, values, blocked),
+                    LevelMemory::Tensors { keys, values } => layer
+                        .cross_attention
+                        .forward_shared_mask(query, keys.clone(), values.clone(), blocked),
+                };
             output = layer.cross_norm.forward(output + attended);
             let with_position = output.clone() + query_pos.clone();
             let attended = layer.self_attention.forward_shared_mask(
@@ -436,33 +430,31 @@ impl<B: Backend> MultiScaleMaskedTransformerDecoder<B> {
     }
 }
 
-/// One level's memory as host rows for the cross-attentions of CPU inference.
-struct HostLevel {
-    /// `[batch, tokens, d]`: the map's pixels plus the level embedding.
-    values: Vec<f32>,
-    /// `values` plus the sine position.
-    keys: Vec<f32>,
-    tokens: usize,
+/// One level's memory for the cross-attentions that read it: `[batch, tokens, d]` values (the
+/// map's pixels plus the level embedding) and keys (values plus the sine position).
+enum LevelMemory<B: Backend> {
+    /// As tensors (GPU backends, autodiff, every prediction).
+    Tensors {
+        keys: Tensor<B, 3>,
+        values: Tensor<B, 3>,
+    },
+    /// As host rows (inference on a CPU backend).
+    Host { keys: Vec<f32>, values: Vec<f32> },
 }
 
-impl HostLevel {
-    /// From the level's map `[batch, d, h, w]`, its embedding `[1, d]` and the position
-    /// `[batch, h·w, d]`.
-    fn new<B: Backend>(map: Tensor<B, 4>, embed: Tensor<B, 2>, position: Tensor<B, 3>) -> Self {
+impl<B: Backend> LevelMemory<B> {
+    /// Host rows from the level's map `[batch, d, h, w]`, its embedding `[1, d]` and the
+    /// position `[batch, h·w, d]`: the same additions as the tensor form.
+    fn host(map: Tensor<B, 4>, embed: Tensor<B, 2>, position: Tensor<B, 3>) -> Self {
         let [batch, d, h, w] = map.dims();
-        let tokens = h * w;
-        let mut values = host::to_channels_last(&host::values(map), batch, d, tokens);
+        let mut values = host::to_channels_last(&host::values(map), batch, d, h * w);
         let embed = host::values(embed);
         for row in values.chunks_exact_mut(d) {
             host::add_in_place(row, &embed);
         }
         let mut keys = host::values(position);
         host::add_in_place(&mut keys, &values);
-        Self {
-            values,
-            keys,
-            tokens,
-        }
+        Self::Host { keys, values }
     }
 }
 

@@ -25,6 +25,10 @@ const TILES_PER_TASK: usize = 128;
 
 /// `G g Gᵀ` of every (input, output) channel pair: `[16, c_in, c_out]`, from the channels-last
 /// patch weights `[9 · c_in, c_out]` (rows ordered `(ky, kx, c_in)`).
+///
+/// Entry `(i, j)` of `G g Gᵀ` is `Σ G[i][ky] · G[j][kx] · g[ky][kx]`; each coefficient is a
+/// product of 0, ±1/2 and 1, exact in f64, and the sum is rounded to f32 once. Computed a row
+/// of output channels at a time (the pixel decoder builds its FPN convolution at every call).
 pub(super) fn transform_filters(
     weight: &[f32],
     channels_in: usize,
@@ -37,25 +41,43 @@ pub(super) fn transform_filters(
         [0.5, -0.5, 0.5],
         [0.0, 0.0, 1.0],
     ];
+    // The nonzero (tap, coefficient) pairs of each transformed position `4 i + j`.
+    let terms: Vec<Vec<(usize, f64)>> = (0..TAPS)
+        .map(|position| {
+            let (i, j) = (position / 4, position % 4);
+            (0..9)
+                .map(|tap| (tap, G[i][tap / 3] * G[j][tap % 3]))
+                .filter(|&(_, coefficient)| coefficient != 0.0)
+                .collect()
+        })
+        .collect();
     let mut out = vec![0f32; TAPS * channels_in * channels_out];
+    let mut sum = vec![0f64; channels_out];
     for ci in 0..channels_in {
-        for co in 0..channels_out {
-            let g = |ky: usize, kx: usize| {
-                weight[((ky * 3 + kx) * channels_in + ci) * channels_out + co] as f64
-            };
-            for (i, gi) in G.iter().enumerate() {
-                // (G g)[i][kx]
-                let row: [f64; 3] = std::array::from_fn(|kx| {
-                    gi.iter().enumerate().map(|(ky, a)| a * g(ky, kx)).sum()
-                });
-                for (j, gj) in G.iter().enumerate() {
-                    let u: f64 = row.iter().zip(gj).map(|(r, b)| r * b).sum();
-                    out[((i * 4 + j) * channels_in + ci) * channels_out + co] = u as f32;
-                }
+        let taps: [&[f32]; 9] = std::array::from_fn(|tap| {
+            &weight[(tap * channels_in + ci) * channels_out..][..channels_out]
+        });
+        for (position, terms) in terms.iter().enumerate() {
+            sum.fill(0.0);
+            for &(tap, coefficient) in terms {
+                add_scaled_f64(&mut sum, taps[tap], coefficient);
+            }
+            let row = &mut out[(position * channels_in + ci) * channels_out..][..channels_out];
+            for (u, s) in row.iter_mut().zip(&sum) {
+                *u = *s as f32;
             }
         }
     }
     out
+}
+
+multiversion! {
+    /// `sum += coefficient · x` in f64.
+    fn add_scaled_f64(sum: &mut [f64], x: &[f32], coefficient: f64) {
+        for (s, &x) in sum.iter_mut().zip(x) {
+            *s += coefficient * x as f64;
+        }
+    }
 }
 
 multiversion! {
