@@ -10,12 +10,14 @@
 //! Python with torch and open_clip 2.24, runs `benches/clip_towers_torch.py` with the same
 //! thread count and prints the ratios. Groups are named `{backend}/{block}/{size}`; the
 //! `*_trunk_tensor_ops` rows time Burn's tensor-op trunk (the GPU backends' path, and the CPU's
-//! before its host kernels) beside the host-kernel trunk `Clip::features` runs on the CPU.
+//! before its host kernels) beside the host-kernel trunk `Clip::features` runs on the CPU; the
+//! `*_trunk_bf16` rows (CPUs with AMX only) time that trunk with `--dtype bf16` products.
 
 mod common;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use clip_vis_clip::host::{self, Precision};
 use clip_vis_clip::weights::{SyntheticFill, TensorStore};
 use clip_vis_clip::{Clip, ClipConfig};
 use std::collections::BTreeMap;
@@ -123,6 +125,16 @@ fn bench_model<B: Backend>(
     });
     println!("{backend}/{short}_trunk/640x640: {trunk:.1} ms");
     results.insert(format!("{short}_trunk"), trunk);
+    // The same host trunk with bf16 products on AMX (`--dtype bf16`), where the CPU has it.
+    if host::set_precision(Precision::Bf16).is_ok() {
+        let bf16 = common::median_ms(common::repeats(5), || {
+            let features = clip.features(pixels.clone());
+            let _ = features.res5.into_data();
+        });
+        host::set_precision(Precision::F32).unwrap();
+        println!("{backend}/{short}_trunk_bf16/640x640: {bf16:.1} ms");
+        results.insert(format!("{short}_trunk_bf16"), bf16);
+    }
     // Burn's tensor-op trunk on the same backend (what the GPU backends run, and what the CPU
     // ran before the host kernels): the before/after of the host kernels in one run.
     let reference = common::median_ms(common::repeats(5), || {
@@ -184,7 +196,9 @@ fn main() {
         Some(torch) => {
             println!("\n{:<26} {:>10} {:>10} {:>8}   ({threads} threads)", "block", "flex ms", "torch ms", "ratio");
             for (block, ms) in &rust {
-                let torch_block = block.trim_end_matches("_tensor_ops");
+                let torch_block = block
+                    .trim_end_matches("_tensor_ops")
+                    .trim_end_matches("_bf16");
                 if let Some(reference) = torch.get(torch_block) {
                     println!("{block:<26} {ms:>10.1} {reference:>10.1} {:>7.2}x", ms / reference);
                 }

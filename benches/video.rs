@@ -8,13 +8,16 @@
 //!
 //! `CLIP_VIS_BENCH_FRAMES` (default 4) frames per preset; `CLIP_VIS_BENCH_MEMORY_FRAMES`
 //! (default `300,1000`, empty to skip) the memory runs; `CLIP_VIS_BENCH_PRESETS` (default
-//! `rn50,convnext`); `CLIP_VIS_BENCH_SIZES` (default `480x640,720x1280`) the source sizes.
+//! `rn50,convnext`); `CLIP_VIS_BENCH_SIZES` (default `480x640,720x1280`) the source sizes;
+//! `CLIP_VIS_BENCH_DTYPE` (default `f32`; `bf16`, or `f32,bf16` for both in one run) the
+//! precision of clip-vis's products (`--dtype`; bf16 needs AMX; PyTorch's side stays f32).
 
 mod common;
 
 use burn::tensor::{Distribution, Tensor};
 use clip_vis::backend;
 use clip_vis::classification::{BuiltinVocabulary, Vocabulary};
+use clip_vis::clip::host::{self, Precision};
 use clip_vis::clip::weights::{SyntheticFill, TensorStore};
 use clip_vis::clip::zero_shot::{l2_normalize, TextClassifier};
 use clip_vis::model::{ClipVis, ClipVisConfig};
@@ -83,17 +86,34 @@ fn pipeline(preset: &str, sizes: &[(usize, usize)]) {
         num_categories: vocabulary.len(),
     };
     let frames: usize = frames_env("CLIP_VIS_BENCH_FRAMES", "4").parse().unwrap();
+    let precisions: Vec<(&str, Precision)> = frames_env("CLIP_VIS_BENCH_DTYPE", "f32")
+        .split(',')
+        .map(|name| match name.trim() {
+            "f32" => ("f32", Precision::F32),
+            "bf16" => ("bf16", Precision::Bf16),
+            other => panic!("CLIP_VIS_BENCH_DTYPE: `{other}` is not f32 or bf16"),
+        })
+        .collect();
     for &(height, width) in sizes {
-        session_timings(&model, &classifier, &vocabulary, 1, (height, width)); // warm-up
-        let t = session_timings(&model, &classifier, &vocabulary, frames, (height, width));
-        report(preset, &t, frames, vocabulary.len(), (height, width));
+        let runs: Vec<(&str, StageTimings)> = precisions
+            .iter()
+            .map(|&(name, precision)| {
+                host::set_precision(precision).expect("CLIP_VIS_BENCH_DTYPE");
+                session_timings(&model, &classifier, &vocabulary, 1, (height, width)); // warm-up
+                let t = session_timings(&model, &classifier, &vocabulary, frames, (height, width));
+                (name, t)
+            })
+            .collect();
+        host::set_precision(Precision::F32).unwrap();
+        report(preset, &runs, frames, vocabulary.len(), (height, width));
     }
 }
 
-/// Prints one run's stages beside the reference's on the same frames and threads.
+/// Prints one run's stages (one column per precision) beside the reference's on the same
+/// frames and threads.
 fn report(
     preset: &str,
-    t: &StageTimings,
+    runs: &[(&str, StageTimings)],
     frames: usize,
     categories: usize,
     (height, width): (usize, usize),
@@ -103,35 +123,45 @@ fn report(
     let (ph, pw) = (vh.div_ceil(32) * 32, vw.div_ceil(32) * 32);
     println!("video/{preset} {height}x{width} -> {vh}x{vw} (padded {ph}x{pw}), {categories} categories, {frames} frames, {} threads:", common::threads());
     let reference = reference(preset, (ph, pw), (vh, vw), (height, width), frames);
-    let mut total = (0.0, 0.0);
-    for (name, duration) in t.stages() {
-        let ours = per(duration);
-        total.0 += ours;
-        match reference
-            .as_ref()
-            .and_then(|r| r["stages_ms"][name].as_f64())
-        {
-            Some(theirs) => {
-                total.1 += theirs;
-                println!(
-                    "  {name:<20} {ours:>9.1} ms/frame   torch {theirs:>9.1}   ratio {:.2}x",
-                    ours / theirs
-                );
-            }
-            None => println!("  {name:<20} {ours:>9.1} ms/frame"),
-        }
+    let mut header = format!("  {:<20}", "ms/frame");
+    for (name, _) in runs {
+        header += &format!(" {:>9}", format!("ours {name}"));
     }
     if reference.is_some() {
-        println!(
-            "  {:<20} {:>9.1} ms/frame   torch {:>9.1}   ratio {:.2}x",
-            "total",
-            total.0,
-            total.1,
-            total.0 / total.1
-        );
-    } else {
-        println!("  {:<20} {:>9.1} ms/frame", "total", total.0);
+        header += &format!(" {:>9}", "torch");
+        for (name, _) in runs {
+            header += &format!(" {:>11}", format!("{name}/torch"));
+        }
     }
+    println!("{header}");
+    let names: Vec<&str> = runs[0].1.stages().into_iter().map(|(n, _)| n).collect();
+    let mut totals = vec![0.0; runs.len() + 1];
+    for (stage, name) in names.iter().enumerate() {
+        let ours: Vec<f64> = runs.iter().map(|(_, t)| per(t.stages()[stage].1)).collect();
+        let theirs = reference
+            .as_ref()
+            .and_then(|r| r["stages_ms"][name].as_f64());
+        print_row(name, &ours, theirs);
+        for (total, value) in totals.iter_mut().zip(ours.iter().chain(theirs.iter())) {
+            *total += value;
+        }
+    }
+    let theirs = reference.is_some().then(|| totals[runs.len()]);
+    print_row("total", &totals[..runs.len()], theirs);
+}
+
+fn print_row(name: &str, ours: &[f64], theirs: Option<f64>) {
+    let mut line = format!("  {name:<20}");
+    for value in ours {
+        line += &format!(" {value:>9.1}");
+    }
+    if let Some(theirs) = theirs {
+        line += &format!(" {theirs:>9.1}");
+        for value in ours {
+            line += &format!(" {:>10.2}x", value / theirs);
+        }
+    }
+    println!("{line}");
 }
 
 fn reference(

@@ -55,6 +55,21 @@ pub enum Error {
     /// A bad argument or value from the user.
     #[error("{0}")]
     Usage(String),
+    /// An index past the end of what it indexes (a track or frame of a finished video).
+    #[error("{what} {index} is out of range: there are {count}")]
+    OutOfRange {
+        /// What was indexed (`track`, `frame`).
+        what: &'static str,
+        /// The index asked for.
+        index: usize,
+        /// How many there are.
+        count: usize,
+    },
+    /// A failure inside clip-vis that no input explains (a scratch file it wrote that does not
+    /// read back, a value that does not serialise): a bug or a broken machine, never a usage
+    /// error.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A device that cannot be used: a backend this build lacks, no driver or adapter, or a
     /// GPU that failed on a batch (out of memory names the batch size). Never a silent fallback
     /// to the CPU.

@@ -3,7 +3,10 @@
 //! Files come from the Hugging Face hub repositories open_clip uses, into a cache folder. A
 //! download goes to `<file>.part` and resumes from there with an HTTP range request when
 //! interrupted; the finished file is checked against the SHA-256 the hub publishes for it (the
-//! `X-Linked-Etag` of large files) and only then renamed into place. The hub address is
+//! `X-Linked-Etag` of large files) and only then renamed into place, with that checksum beside
+//! it (`<file>.sha256`): a cached file is checked against it without asking the hub, so cached
+//! weights work offline. A `.part` file the server cannot continue (larger than the file, or
+//! answered with HTTP 416) is started again from zero. The hub address is
 //! configurable (`HF_ENDPOINT`), which is also how the tests point it at a local server.
 
 use crate::error::{Error, Result};
@@ -90,8 +93,23 @@ pub fn fetch_file(repo: &str, file: &str, options: &FetchOptions) -> Result<Path
         source,
     })?;
     let destination = folder.join(file);
+    let recorded = folder.join(format!("{file}.sha256"));
+    if destination.exists() {
+        if let Ok(checksum) = std::fs::read_to_string(&recorded) {
+            if sha256_of(&destination)? == checksum.trim() {
+                eprintln!("clip-vis: {} is cached", destination.display());
+                return Ok(destination);
+            }
+            eprintln!(
+                "clip-vis: {} does not match the checksum recorded when it was downloaded; \
+                 downloading it again",
+                destination.display()
+            );
+        }
+    }
     let (location, checksum, size) = resolve(&url)?;
     if destination.exists() && sha256_of(&destination)? == checksum {
+        record_checksum(&recorded, &checksum)?;
         eprintln!("clip-vis: {} is cached", destination.display());
         return Ok(destination);
     }
@@ -108,8 +126,19 @@ pub fn fetch_file(repo: &str, file: &str, options: &FetchOptions) -> Result<Path
         file: destination.clone(),
         source,
     })?;
+    record_checksum(&recorded, &checksum)?;
     eprintln!("clip-vis: saved {}", destination.display());
     Ok(destination)
+}
+
+/// Writes the verified checksum beside the cached file (atomically).
+fn record_checksum(path: &Path, checksum: &str) -> Result<()> {
+    clip_vis_clip::weights::write_atomically(path, format!("{checksum}\n").as_bytes()).map_err(
+        |source| Error::Io {
+            file: path.to_path_buf(),
+            source,
+        },
+    )
 }
 
 fn agent(redirects: u32) -> ureq::Agent {
@@ -178,7 +207,13 @@ fn download(url: &str, partial: &Path, size: Option<u64>) -> Result<()> {
         file: partial.to_path_buf(),
         source,
     };
-    let already = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
+    let mut already = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
+    if size.is_some_and(|s| already > s) {
+        // Not a prefix of this file (another version's, or corrupt): start again.
+        eprintln!("clip-vis: {} is larger than the file; starting again", partial.display());
+        std::fs::remove_file(partial).map_err(io_error)?;
+        already = 0;
+    }
     if size.is_some_and(|s| already == s) {
         return Ok(());
     }
@@ -194,6 +229,12 @@ fn download(url: &str, partial: &Path, size: Option<u64>) -> Result<()> {
     let append = match status {
         206 => true,
         200 => false,
+        416 if already > 0 => {
+            // The server cannot continue after the bytes we have: start again, once.
+            eprintln!("clip-vis: the server cannot resume {}; starting again", partial.display());
+            std::fs::remove_file(partial).map_err(io_error)?;
+            return download(url, partial, size);
+        }
         _ => return Err(Error::Fetch(format!("{url}: HTTP {status}"))),
     };
     let mut file = std::fs::OpenOptions::new()

@@ -146,10 +146,16 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("clip-vis: error: {error}");
+            let mut shown = error.to_string();
+            eprintln!("clip-vis: error: {shown}");
+            // Causes the message above already spells out (`file: <os error>`) are not repeated.
             let mut source = std::error::Error::source(&error);
             while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
+                let text = cause.to_string();
+                if !shown.contains(&text) {
+                    eprintln!("  caused by: {text}");
+                    shown = text;
+                }
                 source = cause.source();
             }
             ExitCode::from(if matches!(error, Error::Usage(_) | Error::Vocabulary(_)) {

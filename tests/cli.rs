@@ -112,6 +112,96 @@ fn demo_segments_tracks_and_scores_a_synthetic_video_with_the_trained_model() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The AP line of `demo`: (AP, AP50, AP75).
+fn demo_ap(stdout: &str) -> [f64; 3] {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("class-agnostic video mask AP "))
+        .unwrap_or_else(|| panic!("no AP line in {stdout}"));
+    let mut values = line
+        .split(|c: char| c == ',' || c == '(')
+        .take(3)
+        .map(|part| {
+            part.trim()
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .parse::<f64>()
+                .unwrap()
+        });
+    [(); 3].map(|_| values.next().expect("three AP values"))
+}
+
+/// `--dtype bf16` (AMX products) on the demo video: the same detections as f32, their scores
+/// within 0.05 and the class-agnostic AP within 5 points (the bf16 rounding of the operands
+/// moves mask borders by a pixel here and there, never a track). Without AMX: a clear error.
+/// Each run is its own process: the precision is process-wide.
+#[test]
+fn demo_in_bf16_keeps_the_tracks_of_f32() {
+    let dir = scratch("bf16");
+    let run = |dtype: &str| {
+        let out = dir.join(dtype);
+        let output = clip_vis(&[
+            "demo",
+            "--out",
+            out.to_str().unwrap(),
+            "--frames",
+            "8",
+            "--no-pictures",
+            "--dtype",
+            dtype,
+        ]);
+        (output, out)
+    };
+    let (bf16, bf16_out) = run("bf16");
+    if !bf16.status.success() {
+        let message = stderr(&bf16);
+        assert!(
+            message.contains("need Intel AMX-BF16") && !message.contains("panicked"),
+            "{message}"
+        );
+        eprintln!("SKIPPED: no AMX on this CPU ({message})");
+        return;
+    }
+    let (f32, f32_out) = run("f32");
+    assert!(f32.status.success(), "{}", stderr(&f32));
+    let [ap, ap50, ap75] = demo_ap(&String::from_utf8_lossy(&f32.stdout));
+    let [bap, bap50, bap75] = demo_ap(&String::from_utf8_lossy(&bf16.stdout));
+    eprintln!("f32 AP {ap} / {ap50} / {ap75}, bf16 AP {bap} / {bap50} / {bap75}");
+    for (a, b) in [(ap, bap), (ap50, bap50), (ap75, bap75)] {
+        assert!((a - b).abs() <= 5.0, "AP f32 {a} vs bf16 {b}");
+    }
+    let read = |out: &Path| -> Vec<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
+    };
+    let scores = |records: &[serde_json::Value]| {
+        let mut s: Vec<(u64, f64)> = records
+            .iter()
+            .map(|r| {
+                (
+                    r["category_id"].as_u64().unwrap(),
+                    r["score"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        s
+    };
+    let (a, b) = (scores(&read(&f32_out)), scores(&read(&bf16_out)));
+    assert_eq!(a.len(), b.len(), "detections");
+    for ((ca, sa), (cb, sb)) in a.iter().zip(&b) {
+        assert_eq!(ca, cb, "categories");
+        assert!((sa - sb).abs() <= 0.05, "score {sa} vs {sb}");
+    }
+    // bf16 is a CPU option.
+    let output = clip_vis(&[
+        "demo", "--dtype", "bf16", "--device", "wgpu", "--out", "unused",
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("--dtype bf16 is for --device cpu"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn zero_shot_prints_json_probabilities() {
     let (_, weights, picture) = setup("json");

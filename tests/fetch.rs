@@ -51,6 +51,12 @@ fn start_hub(payload: Vec<u8>, advertised_sha256: String, cut_first_download: bo
                 )
             } else if request_line.starts_with("GET /cdn/blob") {
                 let start = range_start.unwrap_or(0);
+                if start >= payload.len() {
+                    let _ = stream.write_all(
+                        format!("HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", payload.len()).as_bytes(),
+                    );
+                    continue;
+                }
                 let body = &payload[start..];
                 let status = if start > 0 {
                     "206 Partial Content"
@@ -168,4 +174,50 @@ fn unknown_model_is_a_usage_error() {
         .unwrap_err()
         .to_string()
         .contains("no published checkpoint"));
+}
+
+/// A verified file in the cache is used without asking the hub (offline), checked against the
+/// checksum recorded when it was downloaded; a cached file that no longer matches it is
+/// downloaded again.
+#[test]
+fn cached_weights_are_used_offline() {
+    let (bytes, sha) = payload();
+    let hub = start_hub(bytes.clone(), sha, false);
+    let cache_dir = cache("offline");
+    let online = FetchOptions {
+        cache_dir: cache_dir.clone(),
+        endpoint: hub.endpoint.clone(),
+    };
+    let path = fetch_file("org/model", "weights.bin", &online).unwrap();
+    // Nothing listens on port 9 of loopback (discard is not served here).
+    let offline = FetchOptions {
+        cache_dir,
+        endpoint: "http://127.0.0.1:9".into(),
+    };
+    assert_eq!(fetch_file("org/model", "weights.bin", &offline).unwrap(), path);
+    // A corrupted cached file is not trusted: it needs the hub again (offline: an error).
+    std::fs::write(&path, b"corrupt").unwrap();
+    assert!(fetch_file("org/model", "weights.bin", &offline).is_err());
+    assert_eq!(
+        std::fs::read(fetch_file("org/model", "weights.bin", &online).unwrap()).unwrap(),
+        bytes
+    );
+}
+
+/// A `.part` file longer than the file on the hub (left by another version) is started again,
+/// not resumed with a range the server refuses (HTTP 416) at every attempt.
+#[test]
+fn a_partial_file_larger_than_the_remote_one_starts_again() {
+    let (bytes, sha) = payload();
+    let hub = start_hub(bytes.clone(), sha, false);
+    let options = FetchOptions {
+        cache_dir: cache("oversize"),
+        endpoint: hub.endpoint.clone(),
+    };
+    let folder = options.cache_dir.join("org--model");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("weights.bin.part"), vec![1u8; bytes.len() + 10]).unwrap();
+    let path = fetch_file("org/model", "weights.bin", &options).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    assert!(!folder.join("weights.bin.part").exists());
 }

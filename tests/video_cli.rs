@@ -102,6 +102,28 @@ fn segment_writes_results_and_pictures() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A GIF whose last bytes cannot be written (the disk is full when the encoder writes its
+/// trailer, on drop) is an error naming the GIF, printed once, and no truncated GIF is renamed
+/// into place. The GIF's temporary file is made a link to `/dev/full`, where every write fails.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_gif_that_cannot_be_written_is_an_error_not_a_truncated_file() {
+    let (dir, weights, frames) = setup("gif-full");
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::os::unix::fs::symlink("/dev/full", out.join(".video.gif.tmp")).unwrap();
+    let output = segment(&weights, &frames, &out, "disc,square");
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{message}");
+    assert!(message.contains("video.gif"), "{message}");
+    assert!(!message.contains("panicked"), "{message}");
+    // The OS error is in the message once, not repeated as a cause.
+    assert_eq!(message.matches("No space left on device").count(), 1, "{message}");
+    assert!(!out.join("video.gif").exists(), "a GIF was put in place");
+    assert!(!out.join(".video.gif.tmp").exists(), "the partial GIF was left");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn bad_frames_are_clear_errors() {
     let (dir, weights, frames) = setup("bad-frames");

@@ -83,6 +83,16 @@ fn check(k: usize) {
     let streamed: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     std::fs::remove_file(&path).unwrap();
+    // A track or frame past the end is an error, not a panic.
+    let count = finished.tracks.len();
+    assert!(matches!(
+        finished.mask_string(count, 0),
+        Err(clip_vis::Error::OutOfRange { what: "track", index, .. }) if index == count
+    ));
+    assert!(matches!(
+        finished.mask_string(0, 12),
+        Err(clip_vis::Error::OutOfRange { what: "frame", index: 12, count: 12 })
+    ));
     let tracks = finished.into_tracks().unwrap();
     // Through text on both sides, so f32 scores read back alike.
     let got: serde_json::Value =

@@ -38,6 +38,16 @@ impl From<DeviceName> for DeviceKind {
     }
 }
 
+/// Arithmetic of the model's matrix products (`--dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DtypeName {
+    /// f32 everywhere (the default; equal to the PyTorch reference).
+    F32,
+    /// CPU only: matrix products with bfloat16 operands on Intel AMX, f32 sums (about 2x
+    /// faster frames on CPUs that have it; scores and masks move slightly, see the README).
+    Bf16,
+}
+
 /// Matching strategies of the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum MatchingName {
@@ -76,6 +86,9 @@ pub struct PipelineArgs {
     /// Where the model runs.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceName,
+    /// Arithmetic of the matrix products.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeName,
     /// Do not weight the CLIP probability by the predicted mask IoU (ablation).
     #[arg(long)]
     pub no_iou_weight: bool,
@@ -94,6 +107,25 @@ pub struct PipelineArgs {
 }
 
 impl PipelineArgs {
+    /// Applies `--dtype` (a process-wide setting of the CPU kernels): bf16 needs the CPU
+    /// backend and a CPU with AMX-BF16.
+    fn apply_dtype(&self) -> Result<()> {
+        if self.dtype == DtypeName::F32 {
+            return Ok(());
+        }
+        if !matches!(self.device, DeviceName::Cpu) {
+            return Err(Error::Usage(
+                "--dtype bf16 is for --device cpu (Intel AMX); GPUs run f32".into(),
+            ));
+        }
+        clip_vis::clip::host::set_precision(clip_vis::clip::host::Precision::Bf16).map_err(
+            |missing| Error::Device {
+                device: "cpu".into(),
+                message: missing.to_string(),
+            },
+        )
+    }
+
     fn config(&self) -> VideoConfig {
         let strategy = match self.matching {
             MatchingName::Topk => Strategy::TopK(MatchConfig {
@@ -307,6 +339,7 @@ pub fn segment(args: SegmentArgs) -> Result<()> {
     let config = args.pipeline.config();
     config.validate()?;
     vocabulary(&args)?;
+    args.pipeline.apply_dtype()?;
     backend::run_on(args.pipeline.device.into(), Segment(args))
 }
 
@@ -466,6 +499,7 @@ pub enum DemoPreset {
 /// objects with the built-in model, writes everything `segment` writes, and scores the tracks
 /// with the class-agnostic video AP of clip-vis's own evaluator.
 pub fn demo(args: DemoArgs) -> Result<()> {
+    args.pipeline.apply_dtype()?;
     backend::run_on(args.pipeline.device.into(), Demo(args))
 }
 

@@ -169,16 +169,33 @@ pub struct FinishedVideo {
 
 impl FinishedVideo {
     /// The pycocotools RLE string of track `track` (an index into `tracks`) at `frame`.
+    /// A track or frame past the end is [`Error::OutOfRange`].
     pub fn mask_string(&mut self, track: usize, frame: usize) -> Result<String> {
-        let slot = self.tracks[track].slot;
+        let slot = self
+            .tracks
+            .get(track)
+            .ok_or(Error::OutOfRange {
+                what: "track",
+                index: track,
+                count: self.tracks.len(),
+            })?
+            .slot;
+        if frame >= self.frames {
+            return Err(Error::OutOfRange {
+                what: "frame",
+                index: frame,
+                count: self.frames,
+            });
+        }
         self.masks.get(slot, frame)
     }
 
-    /// The mask of track `track` (an index into `tracks`) at `frame`.
+    /// The mask of track `track` (an index into `tracks`) at `frame` (errors as
+    /// [`FinishedVideo::mask_string`]).
     pub fn mask(&mut self, track: usize, frame: usize) -> Result<Rle> {
         let text = self.mask_string(track, frame)?;
         hotcoco::mask::rle_from_string(&text, self.size.0, self.size.1)
-            .map_err(|e| Error::Usage(format!("internal mask file: {e}")))
+            .map_err(|e| Error::Internal(format!("mask file: {e}")))
     }
 
     /// Every track with all its masks in memory.

@@ -2,8 +2,11 @@
 //! and the category and score written beside each, as PNG frames, an animated GIF and, when
 //! `ffmpeg` is installed, an MP4.
 
+use std::cell::RefCell;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::rc::Rc;
 
 use clip_vis_clip::preprocess::RgbImage;
 use font8x8::legacy::BASIC_LEGACY;
@@ -136,6 +139,45 @@ fn draw_label(image: &mut RgbImage, y: usize, x: usize, color: [u8; 3], text: &s
     }
 }
 
+/// The GIF file's writer. It keeps the first write error it returned, and flushes when dropped,
+/// keeping that error too: the GIF encoder writes its last bytes when it is dropped, where it
+/// cannot report a failure, and a truncated GIF must not be renamed into place.
+struct CheckedWriter {
+    inner: std::io::BufWriter<std::fs::File>,
+    error: Rc<RefCell<Option<std::io::Error>>>,
+}
+
+impl CheckedWriter {
+    fn keep<T>(&self, result: std::io::Result<T>) -> std::io::Result<T> {
+        if let Err(e) = &result {
+            let mut slot = self.error.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(std::io::Error::new(e.kind(), e.to_string()));
+            }
+        }
+        result
+    }
+}
+
+impl Write for CheckedWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let result = self.inner.write(bytes);
+        self.keep(result)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let result = self.inner.flush();
+        self.keep(result)
+    }
+}
+
+impl Drop for CheckedWriter {
+    fn drop(&mut self) {
+        let result = self.inner.flush();
+        let _ = self.keep(result);
+    }
+}
+
 fn to_image(frame: &RgbImage) -> image::RgbImage {
     image::RgbImage::from_raw(
         frame.width as u32,
@@ -171,12 +213,28 @@ pub fn render_video(
     let gif_path = out.join("video.gif");
     let gif_tmp = out.join(".video.gif.tmp");
     let gif_file = std::fs::File::create(&gif_tmp).map_err(io_error(&gif_tmp))?;
-    let mut gif = GifEncoder::new_with_speed(std::io::BufWriter::new(gif_file), 20);
+    let write_error = Rc::new(RefCell::new(None));
+    let mut gif = GifEncoder::new_with_speed(
+        CheckedWriter {
+            inner: std::io::BufWriter::new(gif_file),
+            error: Rc::clone(&write_error),
+        },
+        20,
+    );
+    // From here on, an error leaves no partial GIF behind.
+    let remove_partial = |error: Error| {
+        let _ = std::fs::remove_file(&gif_tmp);
+        error
+    };
+    let gif_error = |e: image::ImageError| Error::Image {
+        file: gif_path.clone(),
+        message: e.to_string(),
+    };
     gif.set_repeat(Repeat::Infinite)
-        .map_err(|e| Error::Usage(format!("GIF: {e}")))?;
+        .map_err(|e| remove_partial(gif_error(e)))?;
     let delay = Delay::from_numer_denom_ms(1000, options.fps.max(1));
     for index in 0..frame_count {
-        let frame = read_frame(index)?;
+        let frame = read_frame(index).map_err(remove_partial)?;
         let masks = shown
             .iter()
             .map(|&k| {
@@ -186,7 +244,8 @@ pub fn render_video(
                     video.mask(k, index)?,
                 ))
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()
+            .map_err(remove_partial)?;
         let drawn = draw_frame(&frame, &masks, options);
         let png = frames_dir.join(format!("{index:06}.png"));
         let image = to_image(&drawn);
@@ -196,11 +255,14 @@ pub fn render_video(
                 &mut std::io::Cursor::new(&mut bytes),
                 image::ImageFormat::Png,
             )
-            .map_err(|e| Error::Image {
-                file: png.clone(),
-                message: e.to_string(),
+            .map_err(|e| {
+                remove_partial(Error::Image {
+                    file: png.clone(),
+                    message: e.to_string(),
+                })
             })?;
-        clip_vis_clip::weights::write_atomically(&png, &bytes).map_err(io_error(&png))?;
+        clip_vis_clip::weights::write_atomically(&png, &bytes)
+            .map_err(|e| remove_partial(io_error(&png)(e)))?;
         let scale = (options.gif_max_width as f32 / drawn.width as f32).min(1.0);
         let (gw, gh) = (
             ((drawn.width as f32 * scale) as u32).max(1),
@@ -209,12 +271,17 @@ pub fn render_video(
         let small = image::imageops::resize(&image, gw, gh, image::imageops::FilterType::Triangle);
         let rgba: RgbaImage = image::DynamicImage::ImageRgb8(small).to_rgba8();
         gif.encode_frame(Frame::from_parts(rgba, 0, 0, delay))
-            .map_err(|e| Error::Image {
-                file: gif_path.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| remove_partial(gif_error(e)))?;
     }
+    // The encoder writes the GIF's trailer when dropped and cannot return an error there; the
+    // writer kept it.
     drop(gif);
+    if let Some(source) = write_error.borrow_mut().take() {
+        return Err(remove_partial(Error::Io {
+            file: gif_path,
+            source,
+        }));
+    }
     std::fs::rename(&gif_tmp, &gif_path).map_err(io_error(&gif_path))?;
     let mp4 = if super::frames::ffmpeg_available() {
         let path = out.join("video.mp4");

@@ -217,7 +217,14 @@ impl MaskSpill {
 
     /// Appends one frame: the RLE string of every track, in track order.
     pub fn push_frame(&mut self, strings: &[String]) -> Result<()> {
-        debug_assert_eq!(strings.len(), self.tracks);
+        if strings.len() != self.tracks {
+            return Err(Error::Internal(format!(
+                "{}: a frame of {} masks for {} tracks",
+                self.path.display(),
+                strings.len(),
+                self.tracks
+            )));
+        }
         self.file
             .seek(SeekFrom::Start(self.writer_pos))
             .map_err(io_error(&self.path))?;
@@ -239,8 +246,23 @@ impl MaskSpill {
     }
 
     /// The RLE string of `track` at `frame`.
+    /// A track or frame past the end is [`Error::OutOfRange`].
     pub fn get(&mut self, track: usize, frame: usize) -> Result<String> {
-        let (offset, len) = self.index[frame * self.tracks + track];
+        if track >= self.tracks {
+            return Err(Error::OutOfRange {
+                what: "track",
+                index: track,
+                count: self.tracks,
+            });
+        }
+        let &(offset, len) =
+            self.index
+                .get(frame * self.tracks + track)
+                .ok_or(Error::OutOfRange {
+                    what: "frame",
+                    index: frame,
+                    count: self.frames(),
+                })?;
         self.file
             .seek(SeekFrom::Start(offset))
             .map_err(io_error(&self.path))?;

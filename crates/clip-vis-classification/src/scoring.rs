@@ -139,6 +139,11 @@ impl VideoScores {
 
     /// Adds one frame, in track order: class probabilities `[Q, C]` (softmax of the logits),
     /// IoUs `[Q]` and object logits `[Q, 2]`.
+    ///
+    /// # Panics
+    /// When a slice's length is not the shape above for the `queries` and `classes` given to
+    /// [`VideoScores::new`]: the inputs are the model's own outputs, so a mismatch is a bug in
+    /// the caller, not bad data (the message names the slice).
     pub fn add_frame(&mut self, probabilities: &[f32], ious: &[f32], object_logits: &[f32]) {
         assert_eq!(
             probabilities.len(),
@@ -220,6 +225,13 @@ pub fn top_pairs(scores: &[f32], classes: usize, k: usize) -> Vec<TopPair> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[should_panic(expected = "IoU shape")]
+    fn a_frame_of_the_wrong_shape_is_a_documented_panic() {
+        let mut scores = VideoScores::new(2, 3, ScoreWeights::default());
+        scores.add_frame(&[0.0; 6], &[0.0; 3], &[0.0; 4]);
+    }
 
     #[test]
     fn softmax_rows_sum_to_one() {

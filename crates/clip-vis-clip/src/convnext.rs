@@ -235,9 +235,9 @@ struct HostBlock {
     conv_dw: host::Depthwise,
     norm: host::RowNorm,
     /// `[dim, 4 dim]` and its bias.
-    fc1: (Vec<f32>, Vec<f32>),
+    fc1: host::RowLinear,
     /// `[4 dim, dim]` and its bias.
-    fc2: (Vec<f32>, Vec<f32>),
+    fc2: host::RowLinear,
     gamma: Vec<f32>,
 }
 
@@ -254,7 +254,7 @@ impl HostBlock {
         let [_, _, kernel, _] = block.conv_dw.weight.dims();
         let linear = |l: &Linear<B>| {
             let bias = l.bias.as_ref().expect("ConvNeXt MLPs have a bias").val();
-            (values(l.weight.val()), values(bias))
+            host::RowLinear::new(values(l.weight.val()), values(bias))
         };
         Self {
             conv_dw: host::Depthwise::from_torch(
@@ -275,7 +275,7 @@ impl HostBlock {
         let rows = batch * h * w;
         let mut branch = self.conv_dw.forward(x, batch, h, w);
         let threads = rayon::current_num_threads();
-        let weight_bytes = self.fc1.0.len() * std::mem::size_of::<f32>();
+        let weight_bytes = self.fc1.weight.len() * std::mem::size_of::<f32>();
         if weight_bytes <= TILE_WEIGHT_BYTES && rows.div_ceil(TILE_ROWS) >= 2 * threads {
             // Small weights, many tiles (stages 1 and 2): each thread runs the whole MLP on its
             // tiles, one product at a time on one core, so the hidden activations never leave
@@ -296,7 +296,7 @@ impl HostBlock {
     /// LN, fc1, GELU, fc2, layer scale and residual on `rows x dim` tiles.
     fn mlp(&self, branch: &mut [f32], x: &mut [f32], threads: usize) {
         let dim = self.gamma.len();
-        let hidden_dim = self.fc1.1.len();
+        let hidden_dim = self.fc1.d_output();
         let rows = branch.len() / dim;
         if threads > 1 {
             self.norm.apply(branch);
@@ -304,35 +304,13 @@ impl HostBlock {
             self.norm.apply_serial(branch);
         }
         let mut hidden = vec![0f32; rows * hidden_dim];
-        host::fill_rows(&mut hidden, &self.fc1.1);
-        host::matmul(
-            rows,
-            dim,
-            hidden_dim,
-            branch,
-            dim,
-            &self.fc1.0,
-            &mut hidden,
-            true,
-            threads,
-        );
+        self.fc1.forward_into(branch, &mut hidden, threads);
         if threads > 1 {
             hidden.par_chunks_mut(1 << 14).for_each(host::gelu_in_place);
         } else {
             host::gelu_in_place(&mut hidden);
         }
-        host::fill_rows(branch, &self.fc2.1);
-        host::matmul(
-            rows,
-            hidden_dim,
-            dim,
-            &hidden,
-            hidden_dim,
-            &self.fc2.0,
-            branch,
-            true,
-            threads,
-        );
+        self.fc2.forward_into(&hidden, branch, threads);
         if threads > 1 {
             x.par_chunks_mut(256 * dim)
                 .zip(branch.par_chunks(256 * dim))

@@ -14,9 +14,66 @@
 //! ([`multiversion!`]): without it they would be compiled for SSE2 only.
 
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
+pub mod amx;
 mod winograd;
+
+/// The arithmetic of the host kernels' matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 operands and sums (`gemm`'s kernels): the default, equal to PyTorch's f32 to
+    /// reassociation.
+    #[default]
+    F32,
+    /// Operands rounded to bfloat16, sums in f32, on Intel AMX ([`amx`]): 2-3x faster products
+    /// on CPUs that have it, results within the bf16 rounding of the operands. Never the
+    /// default.
+    Bf16,
+}
+
+/// The product precision of every host kernel in this process ([`set_precision`]).
+static PRECISION: AtomicU8 = AtomicU8::new(0);
+
+/// [`Precision::Bf16`] asked for on a CPU (or system) without AMX-BF16.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "bf16 products need Intel AMX-BF16 (Xeon Sapphire Rapids or later, Linux 5.16 or later); \
+     this CPU or system has none: use the default f32"
+)]
+pub struct Bf16Unavailable;
+
+/// Sets the precision of the host kernels' matrix products for the whole process (every model
+/// on the CPU backends; the tensor-op paths that GPUs and autodiff run are not affected).
+///
+/// ```
+/// use clip_vis_clip::host::{precision, set_precision, Precision};
+/// if set_precision(Precision::Bf16).is_ok() {
+///     assert_eq!(precision(), Precision::Bf16);
+///     set_precision(Precision::F32).unwrap();
+/// }
+/// assert_eq!(precision(), Precision::F32);
+/// ```
+pub fn set_precision(precision: Precision) -> Result<(), Bf16Unavailable> {
+    if precision == Precision::Bf16 && !amx::available() {
+        return Err(Bf16Unavailable);
+    }
+    PRECISION.store(precision as u8, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The precision set by [`set_precision`] (f32 unless changed).
+pub fn precision() -> Precision {
+    match PRECISION.load(Ordering::Relaxed) {
+        0 => Precision::F32,
+        _ => Precision::Bf16,
+    }
+}
+
+/// Smallest product (`m · k · n`) worth the bf16 path: below it the conversions cost more than
+/// the tile unit saves.
+const BF16_MIN_WORK: usize = 1 << 16;
 
 /// The widest instruction set the running CPU offers among those the kernels are built for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +148,9 @@ const LANES: usize = 16;
 
 /// Row-major `[m, n]` output of `a · b` (+ `out` when `accumulate`), `a` `[m, k]` with row
 /// stride `lda`, `b` `[k, n]` row-major. `threads > 1` lets `gemm` split the product.
+///
+/// In [`Precision::Bf16`] a large product packs `b` for the tile unit at every call; layers
+/// with fixed weights call [`matmul_weights`], which packs them once.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
     m: usize,
@@ -103,6 +163,40 @@ pub fn matmul(
     accumulate: bool,
     threads: usize,
 ) {
+    product(m, k, n, a, lda, b, out, accumulate, threads, None);
+}
+
+/// [`matmul`] by a weight matrix `b` whose bf16 panel is kept in `panel` (made on the first
+/// bf16 product; unused in f32).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_weights(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    panel: &amx::PanelCache,
+    out: &mut [f32],
+    accumulate: bool,
+    threads: usize,
+) {
+    product(m, k, n, a, lda, b, out, accumulate, threads, Some(panel));
+}
+
+#[allow(clippy::too_many_arguments)]
+fn product(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    out: &mut [f32],
+    accumulate: bool,
+    threads: usize,
+    panel: Option<&amx::PanelCache>,
+) {
     assert!(
         m == 0 || a.len() >= (m - 1) * lda + k,
         "matmul: lhs too short"
@@ -112,6 +206,23 @@ pub fn matmul(
         "matmul: rhs or output too short"
     );
     if m == 0 || n == 0 {
+        return;
+    }
+    // Packing an uncached right operand costs `k · n` conversions: worth it from 64 rows.
+    let worth_bf16 = m * k * n >= BF16_MIN_WORK && (panel.is_some() || m >= 64);
+    if precision() == Precision::Bf16 && worth_bf16 {
+        if !accumulate {
+            out[..m * n].fill(0.0);
+        }
+        let packed;
+        let panel = match panel {
+            Some(cache) => cache.get(k, n, b),
+            None => {
+                packed = amx::Panel::new(k, n, b);
+                &packed
+            }
+        };
+        amx::matmul_accumulate(m, k, a, lda, panel, out, threads);
         return;
     }
     let parallelism = if threads > 1 && m * n * k >= 1 << 18 {
@@ -164,20 +275,35 @@ pub struct RowLinear {
     pub weight: Vec<f32>,
     /// `[d_output]`.
     pub bias: Vec<f32>,
+    /// `weight` for bf16 products, packed on first use.
+    bf16: amx::PanelCache,
 }
 
 impl RowLinear {
+    /// From a row-major `[d_input, d_output]` weight and its bias.
+    pub fn new(weight: Vec<f32>, bias: Vec<f32>) -> Self {
+        assert!(
+            !bias.is_empty() && weight.len() % bias.len() == 0,
+            "RowLinear: weight and bias shapes"
+        );
+        Self {
+            weight,
+            bias,
+            bf16: amx::PanelCache::default(),
+        }
+    }
+
     /// The host copy of a Burn `Linear` (a missing bias reads as zeros).
     pub fn from_module<B: burn::tensor::backend::Backend>(linear: &burn::nn::Linear<B>) -> Self {
         let [_, d_output] = linear.weight.dims();
-        Self {
-            weight: values(linear.weight.val()),
-            bias: linear
+        Self::new(
+            values(linear.weight.val()),
+            linear
                 .bias
                 .as_ref()
                 .map(|b| values(b.val()))
                 .unwrap_or_else(|| vec![0.0; d_output]),
-        }
+        )
     }
 
     /// Output width.
@@ -203,13 +329,14 @@ impl RowLinear {
         let (d_input, d_output) = (self.d_input(), self.d_output());
         let rows = x.len() / d_input;
         fill_rows(&mut out[..rows * d_output], &self.bias);
-        matmul(
+        matmul_weights(
             rows,
             d_input,
             d_output,
             x,
             d_input,
             &self.weight,
+            &self.bf16,
             out,
             true,
             threads,
@@ -227,10 +354,10 @@ impl RowLinear {
                 weight.extend_from_slice(&part.weight[row * n..(row + 1) * n]);
             }
         }
-        Self {
+        Self::new(
             weight,
-            bias: parts.iter().flat_map(|p| p.bias.iter().copied()).collect(),
-        }
+            parts.iter().flat_map(|p| p.bias.iter().copied()).collect(),
+        )
     }
 }
 
@@ -776,6 +903,8 @@ pub(crate) struct Patchify {
     pub bias: Vec<f32>,
     pub kernel: usize,
     pub channels_in: usize,
+    /// `weight` for bf16 products, packed on first use.
+    bf16: amx::PanelCache,
 }
 
 impl Patchify {
@@ -800,6 +929,7 @@ impl Patchify {
             bias,
             kernel,
             channels_in,
+            bf16: amx::PanelCache::default(),
         }
     }
 
@@ -827,13 +957,14 @@ impl Patchify {
         let rows = batch * oh * ow;
         let mut out = vec![0f32; rows * channels_out];
         fill_rows(&mut out, &self.bias);
-        matmul(
+        matmul_weights(
             rows,
             patch,
             channels_out,
             &patches,
             patch,
             &self.weight,
+            &self.bf16,
             &mut out,
             true,
             rayon::current_num_threads(),
@@ -870,6 +1001,8 @@ pub struct Conv {
     /// For 3x3 convolutions with stride 1 and padding 1: the Winograd-transformed filters
     /// `[16, c_in, c_out]` (see [`Conv::forward`]).
     winograd: Option<Vec<f32>>,
+    /// `weight` for bf16 products, packed on first use.
+    bf16: amx::PanelCache,
 }
 
 impl Conv {
@@ -897,6 +1030,7 @@ impl Conv {
             padding: conv.padding,
             channels_in,
             winograd,
+            bf16: amx::PanelCache::default(),
         }
     }
 
@@ -936,7 +1070,13 @@ impl Conv {
                 (None, false) => {}
             }
         };
-        if let Some(filters) = &self.winograd {
+        // In bf16 the tile unit multiplies 16x faster than it could add Winograd's transforms
+        // back, and Winograd's regrouped sums would add to the operands' rounding: direct.
+        if let Some(filters) = self
+            .winograd
+            .as_ref()
+            .filter(|_| precision() == Precision::F32)
+        {
             let dims = (batch, h, w, self.channels_in);
             let out = winograd::conv3x3(x, dims, filters, &self.bias, epilogue);
             return (out, h, w);
@@ -956,13 +1096,14 @@ impl Conv {
                 let n = out.len() / channels_out;
                 fill_rows(out, &self.bias);
                 if pointwise {
-                    matmul(
+                    matmul_weights(
                         n,
                         c,
                         channels_out,
                         &x[first * c..],
                         c,
                         &self.weight,
+                        &self.bf16,
                         out,
                         true,
                         1,
@@ -986,13 +1127,14 @@ impl Conv {
                             }
                         }
                     }
-                    matmul(
+                    matmul_weights(
                         n,
                         patch,
                         channels_out,
                         &patches,
                         patch,
                         &self.weight,
+                        &self.bf16,
                         out,
                         true,
                         1,
@@ -1247,6 +1389,7 @@ mod tests {
                 stride: 1,
                 padding: 1,
                 channels_in: c_in,
+                bf16: amx::PanelCache::default(),
             };
             let mut expected = vec![0f64; batch * h * w * c_out];
             let mut scale = 0f64;

@@ -38,6 +38,9 @@ pub struct Augmented {
     pub image: RgbImage,
     /// One row-major 0/1 mask per kept instance, at the picture's size.
     pub masks: Vec<Vec<u8>>,
+    /// Instances dropped because their moved polygons could not be rasterised (counted into
+    /// the batch and the step report, never dropped silently).
+    pub unrasterizable: usize,
 }
 
 /// How training pictures are augmented.
@@ -155,12 +158,18 @@ impl Augmentation {
                     oy: oy as f64,
                     window: Some((size as f64, size as f64)),
                 };
+                let mut unrasterizable = 0;
                 let masks = instances
                     .iter()
                     .filter_map(|instance| match instance {
                         InstanceMask::Polygons(polygons) => {
                             let moved = geometry.polygons(polygons);
-                            polygons_nonempty(&moved).then(|| rasterize(&moved, size, size))
+                            if !polygons_nonempty(&moved) {
+                                return None;
+                            }
+                            let mask = rasterize(&moved, size, size);
+                            unrasterizable += usize::from(mask.is_err());
+                            mask.ok()
                         }
                         InstanceMask::Rle(rle) => {
                             let mut m = decode_row_major(rle);
@@ -173,7 +182,11 @@ impl Augmentation {
                         }
                     })
                     .collect();
-                Augmented { image: out, masks }
+                Augmented {
+                    image: out,
+                    masks,
+                    unrasterizable,
+                }
             }
             Self::ResizeShortestEdge {
                 short_edge,
@@ -199,12 +212,19 @@ impl Augmentation {
                     oy: 0.0,
                     window: None,
                 };
+                let mut unrasterizable = 0;
                 let masks = instances
                     .iter()
                     .filter_map(|instance| {
                         let m = match instance {
                             InstanceMask::Polygons(polygons) => {
-                                rasterize(&geometry.polygons(polygons), nh, nw)
+                                match rasterize(&geometry.polygons(polygons), nh, nw) {
+                                    Ok(m) => m,
+                                    Err(_) => {
+                                        unrasterizable += 1;
+                                        return None;
+                                    }
+                                }
                             }
                             InstanceMask::Rle(rle) => {
                                 let m = resize_nearest(&decode_row_major(rle), w, h, nw, nh);
@@ -219,7 +239,11 @@ impl Augmentation {
                         m.contains(&1).then_some(m)
                     })
                     .collect();
-                Augmented { image: out, masks }
+                Augmented {
+                    image: out,
+                    masks,
+                    unrasterizable,
+                }
             }
         }
     }
@@ -330,12 +354,11 @@ fn polygons_nonempty(polygons: &[Vec<f64>]) -> bool {
 }
 
 /// The union of `polygons` rasterised at `h × w` (COCO's `frPyObjects` + `decode` + `any`),
-/// row-major 0/1.
-pub fn rasterize(polygons: &[Vec<f64>], h: usize, w: usize) -> Vec<u8> {
-    match mask::fr_polys(polygons, h as u32, w as u32) {
-        Ok(rle) => decode_row_major(&rle),
-        Err(_) => vec![0; h * w],
-    }
+/// row-major 0/1; what hotcoco could not rasterise is an error with its message.
+pub fn rasterize(polygons: &[Vec<f64>], h: usize, w: usize) -> Result<Vec<u8>, String> {
+    mask::fr_polys(polygons, h as u32, w as u32)
+        .map(|rle| decode_row_major(&rle))
+        .map_err(|e| e.to_string())
 }
 
 /// A COCO RLE as a row-major 0/1 mask (COCO masks are column-major).
@@ -435,6 +458,15 @@ mod tests {
         RgbImage::new(w, h, (0..w * h * 3).map(|i| (i % 251) as u8).collect()).unwrap()
     }
 
+    /// hotcoco refuses pictures of more than 2^32 pixels (its run counts are 32-bit): an error
+    /// the augmentation counts, not a zero mask of that size.
+    #[test]
+    fn a_polygon_that_cannot_be_rasterised_is_an_error() {
+        let square = vec![vec![1.0, 1.0, 5.0, 1.0, 5.0, 5.0, 1.0, 5.0]];
+        assert!(rasterize(&square, 70_000, 70_000).is_err());
+        assert_eq!(rasterize(&square, 8, 8).unwrap().iter().filter(|&&v| v == 1).count(), 16);
+    }
+
     #[test]
     fn lsj_output_is_always_the_target_size() {
         let aug = Augmentation::lsj(64);
@@ -527,6 +559,7 @@ mod tests {
                 10,
                 10
             )
+            .unwrap()
             .iter()
             .filter(|&&v| v == 1)
             .count(),

@@ -77,6 +77,9 @@ pub struct Batch {
     pub positions: Vec<u64>,
     /// Pictures replaced because they could not be read (with [`BadRecords::Skip`]).
     pub skipped: usize,
+    /// Instances dropped because their augmented polygons could not be rasterised
+    /// ([`Augmented::unrasterizable`]).
+    pub unrasterizable: usize,
 }
 
 /// Attempts before a position gives up on finding a readable picture.
@@ -144,7 +147,9 @@ fn assemble(iteration: usize, samples: Vec<(u64, Augmented, usize)>) -> Batch {
     let mut masks = Vec::with_capacity(samples.len());
     let mut positions = Vec::with_capacity(samples.len());
     let mut skipped = 0;
+    let mut unrasterizable = 0;
     for (b, (position, sample, skips)) in samples.into_iter().enumerate() {
+        unrasterizable += sample.unrasterizable;
         let image = &sample.image;
         for y in 0..image.height {
             for x in 0..image.width {
@@ -175,6 +180,7 @@ fn assemble(iteration: usize, samples: Vec<(u64, Augmented, usize)>) -> Batch {
         masks,
         positions,
         skipped,
+        unrasterizable,
     }
 }
 
@@ -200,16 +206,37 @@ impl Shared {
         (iteration, global as u64)
     }
 
+    /// Sample `k`. A panic while loading it (a bug in a [`TrainSource`], an augmentation
+    /// that meets a picture it cannot handle) is an error naming the sample: the batch waits
+    /// for every sample, so a worker that died without sending one would hang the loop.
     fn load(&self, k: usize) -> Result<(u64, Augmented, usize)> {
         let (_, position) = self.position(k);
-        let (sample, skipped) = load_sample(
-            self.source.as_ref(),
-            &self.sampler,
-            &self.augmentation,
-            self.config.seed,
-            position,
-            self.config.bad_images,
-        )?;
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            load_sample(
+                self.source.as_ref(),
+                &self.sampler,
+                &self.augmentation,
+                self.config.seed,
+                position,
+                self.config.bad_images,
+            )
+        }));
+        let (sample, skipped) = loaded.unwrap_or_else(|payload| {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            Err(TrainError::Dataset {
+                file: self.source.path().to_path_buf(),
+                message: format!(
+                    "training sample {position} (iteration {}, item {} of the batch): loading it \
+                     panicked: {what}",
+                    self.position(k).0,
+                    k % self.config.batch_size
+                ),
+            })
+        })?;
         Ok((position, sample, skipped))
     }
 }

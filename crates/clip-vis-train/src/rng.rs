@@ -46,7 +46,10 @@ impl Rng {
         low + (high - low) * self.uniform()
     }
 
-    /// Uniform integer in `0..n` (`n > 0`), by rejection so every value is equally likely.
+    /// Uniform integer in `0..n`, by rejection so every value is equally likely.
+    ///
+    /// # Panics
+    /// When `n` is 0 (there is no value to draw).
     pub fn below(&mut self, n: usize) -> usize {
         assert!(n > 0, "below(0)");
         let n = n as u64;
@@ -82,6 +85,12 @@ fn mix(mut z: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[should_panic(expected = "below(0)")]
+    fn drawing_below_zero_is_a_documented_panic() {
+        Rng::new(1).below(0);
+    }
 
     #[test]
     fn splitmix_matches_its_reference_values() {

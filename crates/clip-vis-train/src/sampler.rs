@@ -72,6 +72,9 @@ pub fn repeat_factors(source: &dyn TrainSource, threshold: f64) -> Vec<f32> {
 
 impl Sampler {
     /// A sampler of `kind` over `source`.
+    ///
+    /// # Panics
+    /// When `source` has no records (see [`Sampler::from_factors`]).
     pub fn new(kind: SamplerKind, source: &dyn TrainSource, seed: u64) -> Self {
         let factors = match kind {
             SamplerKind::Uniform => None,
@@ -81,8 +84,15 @@ impl Sampler {
     }
 
     /// A sampler over `len` records with explicit repeat `factors` (`None`: every record once).
+    ///
+    /// # Panics
+    /// When `len` is 0 or `factors` does not have `len` entries. Datasets refuse to open
+    /// without records ([`crate::data`]), so this is a caller's bug, not bad data.
     pub fn from_factors(len: usize, factors: Option<Vec<f32>>, seed: u64) -> Self {
         assert!(len > 0, "a sampler needs records");
+        if let Some(factors) = &factors {
+            assert_eq!(factors.len(), len, "a repeat factor per record");
+        }
         Self {
             factors,
             len,
@@ -149,6 +159,12 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[should_panic(expected = "a repeat factor per record")]
+    fn factors_of_another_length_are_a_documented_panic() {
+        Sampler::from_factors(3, Some(vec![1.0; 2]), 0);
+    }
 
     #[test]
     fn uniform_epochs_are_permutations() {

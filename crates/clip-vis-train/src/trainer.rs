@@ -273,6 +273,9 @@ pub struct StepReport {
     pub step_time: f64,
     /// Pictures replaced because they could not be read.
     pub skipped: usize,
+    /// Instances of this step's pictures dropped because their augmented polygons could not be
+    /// rasterised.
+    pub unrasterizable: usize,
 }
 
 /// What a run did.
@@ -526,6 +529,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let started = Instant::now();
         let local_masks: usize = batch.masks.iter().map(|m| m.0).sum();
         let skipped = batch.skipped;
+        let unrasterizable = batch.unrasterizable;
         let head = self.head.take().expect("the head is present between steps");
         // Whatever fails, the head goes back in place, so the trainer stays usable.
         let (logged, grads) = match self.losses_and_gradients(&head, batch, local_masks) {
@@ -552,6 +556,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             data_time: 0.0,
             step_time: started.elapsed().as_secs_f64(),
             skipped,
+            unrasterizable,
         };
         self.iteration += 1;
         Ok(report)
@@ -661,6 +666,13 @@ impl<B: AutodiffBackend> Trainer<B> {
             let mut report = self.step(batch)?;
             report.data_time = data_time;
             let done = self.iteration;
+            if report.unrasterizable > 0 {
+                eprintln!(
+                    "clip-vis train: iteration {}: {} instance(s) dropped, their augmented \
+                     polygons could not be rasterised",
+                    report.iteration, report.unrasterizable
+                );
+            }
             if rank0 {
                 hooks.after_step(&report);
                 if done.is_multiple_of(self.config.log_period) || done == max_iter {

@@ -470,3 +470,66 @@ fn video_frames_are_drawn_with_their_instances() {
     assert_eq!((out.image.height, out.image.width), (800, 1067));
     assert!(out.masks.iter().all(|m| m.len() == 800 * 1067));
 }
+
+/// A dataset whose record 1 panics when picked (a bug in a source, say).
+struct PanicsOnOne(InstanceDataset);
+
+impl TrainSource for PanicsOnOne {
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn categories(&self, index: usize) -> &[u64] {
+        self.0.categories(index)
+    }
+    fn pick(&self, index: usize, rng: &mut Rng) -> clip_vis_train::data::ImageRecord {
+        assert!(index != 1, "record 1 is broken");
+        self.0.pick(index, rng)
+    }
+    fn report(&self) -> &clip_vis_train::data::DatasetReport {
+        self.0.report()
+    }
+}
+
+/// A loader worker that panics while loading a sample makes `next_batch` return an error that
+/// names the sample and the panic, with 0, 1 and 3 worker threads; it used to wait forever
+/// for the sample the dead worker never sent.
+#[test]
+fn a_panic_while_loading_is_an_error_naming_the_sample_not_a_hang() {
+    let data = scratch("loader-panic");
+    let json = write_coco(&data, &small_synth(), 0, 4).unwrap();
+    for workers in [0, 1, 3] {
+        let (json, images) = (json.clone(), data.join("images"));
+        let (send, receive) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let source: Arc<dyn TrainSource> = Arc::new(PanicsOnOne(
+                InstanceDataset::open(&json, &images, InstanceOptions::default()).unwrap(),
+            ));
+            let sampler = Arc::new(Sampler::new(SamplerKind::Uniform, source.as_ref(), 0));
+            let config = LoaderConfig {
+                batch_size: 2,
+                workers,
+                ..LoaderConfig::default()
+            };
+            let mut loader =
+                Loader::new(source, sampler, Augmentation::lsj(32), config, 0).unwrap();
+            // Every record comes up within a few batches of a uniform sampler over 4.
+            let outcome = (0..8)
+                .map(|_| loader.next_batch().map(|_| ()))
+                .find(|r| r.is_err())
+                .unwrap_or(Ok(()));
+            let _ = send.send(outcome.map_err(|e| e.to_string()));
+        });
+        let outcome = receive
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("{workers} workers: the loader hung after a panic"));
+        let message = outcome.expect_err("record 1 was never loaded");
+        assert!(
+            message.contains("training sample") && message.contains("record 1 is broken"),
+            "{workers} workers: {message}"
+        );
+    }
+    std::fs::remove_dir_all(&data).unwrap();
+}
