@@ -210,7 +210,10 @@ fn download(url: &str, partial: &Path, size: Option<u64>) -> Result<()> {
     let mut already = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
     if size.is_some_and(|s| already > s) {
         // Not a prefix of this file (another version's, or corrupt): start again.
-        eprintln!("clip-vis: {} is larger than the file; starting again", partial.display());
+        eprintln!(
+            "clip-vis: {} is larger than the file; starting again",
+            partial.display()
+        );
         std::fs::remove_file(partial).map_err(io_error)?;
         already = 0;
     }
@@ -231,7 +234,10 @@ fn download(url: &str, partial: &Path, size: Option<u64>) -> Result<()> {
         200 => false,
         416 if already > 0 => {
             // The server cannot continue after the bytes we have: start again, once.
-            eprintln!("clip-vis: the server cannot resume {}; starting again", partial.display());
+            eprintln!(
+                "clip-vis: the server cannot resume {}; starting again",
+                partial.display()
+            );
             std::fs::remove_file(partial).map_err(io_error)?;
             return download(url, partial, size);
         }

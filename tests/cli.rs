@@ -119,7 +119,7 @@ fn demo_ap(stdout: &str) -> [f64; 3] {
         .find_map(|l| l.strip_prefix("class-agnostic video mask AP "))
         .unwrap_or_else(|| panic!("no AP line in {stdout}"));
     let mut values = line
-        .split(|c: char| c == ',' || c == '(')
+        .split([',', '('])
         .take(3)
         .map(|part| {
             part.trim()

@@ -194,7 +194,10 @@ fn cached_weights_are_used_offline() {
         cache_dir,
         endpoint: "http://127.0.0.1:9".into(),
     };
-    assert_eq!(fetch_file("org/model", "weights.bin", &offline).unwrap(), path);
+    assert_eq!(
+        fetch_file("org/model", "weights.bin", &offline).unwrap(),
+        path
+    );
     // A corrupted cached file is not trusted: it needs the hub again (offline: an error).
     std::fs::write(&path, b"corrupt").unwrap();
     assert!(fetch_file("org/model", "weights.bin", &offline).is_err());

@@ -118,9 +118,16 @@ fn a_gif_that_cannot_be_written_is_an_error_not_a_truncated_file() {
     assert!(message.contains("video.gif"), "{message}");
     assert!(!message.contains("panicked"), "{message}");
     // The OS error is in the message once, not repeated as a cause.
-    assert_eq!(message.matches("No space left on device").count(), 1, "{message}");
+    assert_eq!(
+        message.matches("No space left on device").count(),
+        1,
+        "{message}"
+    );
     assert!(!out.join("video.gif").exists(), "a GIF was put in place");
-    assert!(!out.join(".video.gif.tmp").exists(), "the partial GIF was left");
+    assert!(
+        !out.join(".video.gif.tmp").exists(),
+        "the partial GIF was left"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -91,7 +91,11 @@ fn check(k: usize) {
     ));
     assert!(matches!(
         finished.mask_string(0, 12),
-        Err(clip_vis::Error::OutOfRange { what: "frame", index: 12, count: 12 })
+        Err(clip_vis::Error::OutOfRange {
+            what: "frame",
+            index: 12,
+            count: 12
+        })
     ));
     let tracks = finished.into_tracks().unwrap();
     // Through text on both sides, so f32 scores read back alike.

@@ -164,7 +164,8 @@ impl Drop for ResultsWriter {
 
 /// Writes `records` (in memory) as a json list to `path`, through a temporary file.
 pub fn write_json(path: &Path, records: &[ResultRecord]) -> Result<()> {
-    let json = serde_json::to_vec(records).map_err(|e| Error::Internal(format!("results json: {e}")))?;
+    let json =
+        serde_json::to_vec(records).map_err(|e| Error::Internal(format!("results json: {e}")))?;
     clip_vis_clip::weights::write_atomically(path, &json).map_err(io_error(path))
 }
 

@@ -283,7 +283,7 @@ impl RowLinear {
     /// From a row-major `[d_input, d_output]` weight and its bias.
     pub fn new(weight: Vec<f32>, bias: Vec<f32>) -> Self {
         assert!(
-            !bias.is_empty() && weight.len() % bias.len() == 0,
+            !bias.is_empty() && weight.len().is_multiple_of(bias.len()),
             "RowLinear: weight and bias shapes"
         );
         Self {

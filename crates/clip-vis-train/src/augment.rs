@@ -464,7 +464,14 @@ mod tests {
     fn a_polygon_that_cannot_be_rasterised_is_an_error() {
         let square = vec![vec![1.0, 1.0, 5.0, 1.0, 5.0, 5.0, 1.0, 5.0]];
         assert!(rasterize(&square, 70_000, 70_000).is_err());
-        assert_eq!(rasterize(&square, 8, 8).unwrap().iter().filter(|&&v| v == 1).count(), 16);
+        assert_eq!(
+            rasterize(&square, 8, 8)
+                .unwrap()
+                .iter()
+                .filter(|&&v| v == 1)
+                .count(),
+            16
+        );
     }
 
     #[test]
