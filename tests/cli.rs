@@ -118,17 +118,14 @@ fn demo_ap(stdout: &str) -> [f64; 3] {
         .lines()
         .find_map(|l| l.strip_prefix("class-agnostic video mask AP "))
         .unwrap_or_else(|| panic!("no AP line in {stdout}"));
-    let mut values = line
-        .split([',', '('])
-        .take(3)
-        .map(|part| {
-            part.trim()
-                .rsplit(' ')
-                .next()
-                .unwrap()
-                .parse::<f64>()
-                .unwrap()
-        });
+    let mut values = line.split([',', '(']).take(3).map(|part| {
+        part.trim()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    });
     [(); 3].map(|_| values.next().expect("three AP values"))
 }
 

@@ -163,11 +163,11 @@ pub fn matmul(
     accumulate: bool,
     threads: usize,
 ) {
-    product(m, k, n, a, lda, b, out, accumulate, threads, None);
+    matmul_weights(m, k, n, a, lda, b, None, out, accumulate, threads);
 }
 
 /// [`matmul`] by a weight matrix `b` whose bf16 panel is kept in `panel` (made on the first
-/// bf16 product; unused in f32).
+/// bf16 product; unused in f32). `None`: packed at every bf16 call, as [`matmul`] does.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_weights(
     m: usize,
@@ -176,26 +176,10 @@ pub fn matmul_weights(
     a: &[f32],
     lda: usize,
     b: &[f32],
-    panel: &amx::PanelCache,
-    out: &mut [f32],
-    accumulate: bool,
-    threads: usize,
-) {
-    product(m, k, n, a, lda, b, out, accumulate, threads, Some(panel));
-}
-
-#[allow(clippy::too_many_arguments)]
-fn product(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    out: &mut [f32],
-    accumulate: bool,
-    threads: usize,
     panel: Option<&amx::PanelCache>,
+    out: &mut [f32],
+    accumulate: bool,
+    threads: usize,
 ) {
     assert!(
         m == 0 || a.len() >= (m - 1) * lda + k,
@@ -336,7 +320,7 @@ impl RowLinear {
             x,
             d_input,
             &self.weight,
-            &self.bf16,
+            Some(&self.bf16),
             out,
             true,
             threads,
@@ -964,7 +948,7 @@ impl Patchify {
             &patches,
             patch,
             &self.weight,
-            &self.bf16,
+            Some(&self.bf16),
             &mut out,
             true,
             rayon::current_num_threads(),
@@ -1103,7 +1087,7 @@ impl Conv {
                         &x[first * c..],
                         c,
                         &self.weight,
-                        &self.bf16,
+                        Some(&self.bf16),
                         out,
                         true,
                         1,
@@ -1134,7 +1118,7 @@ impl Conv {
                         &patches,
                         patch,
                         &self.weight,
-                        &self.bf16,
+                        Some(&self.bf16),
                         out,
                         true,
                         1,
