@@ -67,19 +67,7 @@ fn demo_segments_tracks_and_scores_a_synthetic_video_with_the_trained_model() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("category"), "{stdout}");
     // The class-agnostic AP of the trained mask generator and matching on a video it never saw.
-    let ap50: f64 = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("class-agnostic video mask AP "))
-        .and_then(|l| {
-            l.split("AP50 ")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no AP line in {stdout}"));
+    let [_, ap50, _] = demo_ap(&stdout);
     assert!(ap50 >= DEMO_AP50_AT_LEAST, "demo AP50 {ap50}");
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();

@@ -210,7 +210,7 @@ impl Shared {
     /// that meets a picture it cannot handle) is an error naming the sample: the batch waits
     /// for every sample, so a worker that died without sending one would hang the loop.
     fn load(&self, k: usize) -> Result<(u64, Augmented, usize)> {
-        let (_, position) = self.position(k);
+        let (iteration, position) = self.position(k);
         let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             load_sample(
                 self.source.as_ref(),
@@ -232,7 +232,7 @@ impl Shared {
                 message: format!(
                     "training sample {position} (iteration {}, item {} of the batch): loading it \
                      panicked: {what}",
-                    self.position(k).0,
+                    iteration,
                     k % self.config.batch_size
                 ),
             })

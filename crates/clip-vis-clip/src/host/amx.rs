@@ -177,15 +177,20 @@ pub fn matmul_accumulate(
     assert!(out.len() >= m * n, "amx: output too short");
     let blocks = m.div_ceil(ROW_BLOCK);
     let out_at = out.as_mut_ptr() as usize;
-    let run = |block: usize| {
+    // The converted left block, one buffer per task rather than one allocation per block.
+    let left_len = panel.k_steps * ROW_BLOCK * K_STEP;
+    let run = |left: &mut Vec<u16>, block: usize| {
         // SAFETY: each block writes only its own output rows (`block · 32 ..`), inside `out`
         // by the asserts above; AMX is available (asserted).
-        unsafe { row_block(block, m, k, a, lda, panel, out_at as *mut f32) }
+        unsafe { row_block(block, m, k, a, lda, panel, left, out_at as *mut f32) }
     };
     if threads > 1 && blocks > 1 {
-        (0..blocks).into_par_iter().for_each(run);
+        (0..blocks)
+            .into_par_iter()
+            .for_each_init(|| vec![0u16; left_len], run);
     } else {
-        (0..blocks).for_each(run);
+        let mut left = vec![0u16; left_len];
+        (0..blocks).for_each(|block| run(&mut left, block));
     }
 }
 
@@ -194,6 +199,7 @@ pub fn matmul_accumulate(
 /// # Safety
 /// AMX is available, and `out` points to `[m, panel.n]` floats no other thread writes in these
 /// rows.
+#[allow(clippy::too_many_arguments)]
 unsafe fn row_block(
     block: usize,
     m: usize,
@@ -201,14 +207,21 @@ unsafe fn row_block(
     a: &[f32],
     lda: usize,
     panel: &Panel,
+    left: &mut [u16],
     out: *mut f32,
 ) {
     let n = panel.n;
     let first = block * ROW_BLOCK;
     let rows = (m - first).min(ROW_BLOCK);
-    // The left block in tile order, `[k_steps][32 rows][32]`, zero-padded.
-    let mut left = vec![0u16; panel.k_steps * ROW_BLOCK * K_STEP];
-    convert_rows(&mut left, a, first, rows, k, lda);
+    // The left block in tile order, `[k_steps][32 rows][32]`. Its k padding is never written
+    // (zero from allocation); rows past `rows` still hold an earlier block's, so a partial
+    // block clears them (they only feed output rows that are dropped, but stay finite).
+    convert_rows(left, a, first, rows, k, lda);
+    if rows < ROW_BLOCK {
+        for step in left.chunks_exact_mut(ROW_BLOCK * K_STEP) {
+            step[rows * K_STEP..].fill(0);
+        }
+    }
     // Output block staged here when it does not fill 32x32 inside `out`.
     let mut stage = [0f32; ROW_BLOCK * ROW_BLOCK];
     // SAFETY: the configuration is valid for palette 1.
@@ -328,9 +341,14 @@ mod tests {
                 .map(|i| ((i * 53 % 89) as f32 - 44.0) / 13.0)
                 .collect();
             let bias: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32 - 3.0).collect();
-            let mut out = bias.clone();
             let panel = Panel::new(k, n, &b);
+            // One thread reuses one left buffer across blocks (a partial last block after full
+            // ones); two split the blocks.
+            let mut serial = bias.clone();
+            matmul_accumulate(m, k, &a, k, &panel, &mut serial, 1);
+            let mut out = bias.clone();
             matmul_accumulate(m, k, &a, k, &panel, &mut out, 2);
+            assert_eq!(serial, out, "{m}x{k}x{n}: one thread vs two");
             for i in 0..m {
                 for j in 0..n {
                     let exact: f64 = (0..k)
